@@ -1,0 +1,69 @@
+"""What a run costs: wall time, summed client compute time, training FLOPs and energy.
+
+Energy is read from a kept library, `zeus <https://ml.energy/zeus>`_ (NVML on NVIDIA GPUs, RAPL on CPUs),
+installed with the ``energy`` extra. Where zeus is missing or the machine exposes no counter, energy is
+``None``: the framework never reports an invented number.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+log = logging.getLogger(__name__)
+
+
+def new_cost() -> dict[str, Any]:
+    """The cost record kept in the checkpoint (so a resumed run keeps counting)."""
+    return {"wall_s": 0.0, "client_s": 0.0, "train_flops": 0.0, "energy_j": 0.0, "energy_available": True, "samples": 0}
+
+
+def train_flops_per_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """FLOPs of one forward and backward pass per sample, counted by torch's flop counter."""
+    was_training = model.training
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm stats must not move
+    counter = FlopCounterMode(display=False)
+    with counter:
+        preds = model(batch["rgb"])
+        losses = model.task_losses(preds, batch)
+        sum(losses.values()).backward()
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+    model.train(was_training)
+    return counter.get_total_flops() / len(batch["rgb"])
+
+
+class EnergyMeter:
+    """Joules between :meth:`start` and :meth:`stop`, or ``None`` when nothing can measure them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._monitor: Any = None
+        try:
+            from zeus.monitor import ZeusMonitor
+
+            gpus = [device.index or 0] if device.type == "cuda" else []
+            self._monitor = ZeusMonitor(gpu_indices=gpus)
+        except Exception as error:  # no zeus, no NVML/RAPL, no permission: energy is unknown, not zero
+            log.info("energy measurement unavailable: %s", error)
+        self._open = False
+
+    @property
+    def available(self) -> bool:
+        return self._monitor is not None
+
+    def start(self) -> None:
+        if self._monitor is not None:
+            self._monitor.begin_window("mas_lightning_round", sync_execution=True)
+            self._open = True
+
+    def stop(self) -> float | None:
+        if self._monitor is None or not self._open:
+            return None
+        self._open = False
+        measurement = self._monitor.end_window("mas_lightning_round", sync_execution=True)
+        return float(measurement.total_energy)

@@ -1,0 +1,131 @@
+"""Server aggregation: FedAvg and FedProx as small strategies over pure, typed arithmetic.
+
+The engine never keeps one state per client: each finished client is added to a running weighted sum
+(:class:`WeightedSum`), so memory is one extra model per group whatever the number of clients. Sums are
+kept in float64 so that the order in which clients arrive (or ranks all-reduce) changes the result only
+at float32 rounding level. Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged the same way
+and rounded back to their integer type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+State = dict[str, Tensor]
+
+
+def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> State:
+    """Weighted average of whole model states (parameters and buffers); the reference for the engine.
+
+    Raises:
+        ValueError: on no states, mismatched lengths, negative weights or a zero total weight.
+    """
+    if not states or len(states) != len(weights):
+        raise ValueError(f"need as many weights as states, got {len(states)} states and {len(weights)} weights")
+    total = WeightedSum()
+    for state, weight in zip(states, weights, strict=True):
+        total.add(state, weight)
+    return total.mean(like=states[0])
+
+
+class WeightedSum:
+    """A running sum ``sum_k w_k * state_k`` and ``sum_k w_k``, in float64."""
+
+    def __init__(self) -> None:
+        self.sums: State = {}
+        self.weight = 0.0
+
+    @classmethod
+    def zeros_like(cls, like: Mapping[str, Tensor]) -> WeightedSum:
+        """An empty sum with every key present, so ranks without clients still all-reduce equal shapes."""
+        total = cls()
+        total.sums = {k: torch.zeros(v.shape, dtype=torch.float64, device=v.device) for k, v in like.items()}
+        return total
+
+    def add(self, state: Mapping[str, Tensor], weight: float) -> None:
+        """Add one client's state with weight ``weight`` (its number of samples)."""
+        if weight < 0:
+            raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+        for key, value in state.items():
+            contribution = value.detach().to(torch.float64) * weight
+            if key in self.sums:
+                self.sums[key] += contribution
+            else:
+                self.sums[key] = contribution
+        self.weight += weight
+
+    def flat(self) -> Tensor:
+        """All sums and the total weight in one float64 vector (one all-reduce instead of one per tensor)."""
+        parts = [v.reshape(-1) for v in self.sums.values()]
+        device = parts[0].device if parts else None
+        return torch.cat([*parts, torch.tensor([self.weight], dtype=torch.float64, device=device)])
+
+    def load_flat(self, flat: Tensor, like: Mapping[str, Tensor]) -> None:
+        """Inverse of :meth:`flat` (after an all-reduce), shaped like ``like``."""
+        offset = 0
+        self.sums = {}
+        for key, value in like.items():
+            n = value.numel()
+            self.sums[key] = flat[offset : offset + n].view(value.shape)
+            offset += n
+        self.weight = float(flat[offset])
+
+    def mean(self, like: Mapping[str, Tensor]) -> State:
+        """The weighted mean, cast back to the dtypes and devices of ``like``."""
+        if self.weight <= 0:
+            raise ValueError("cannot average: total weight is 0 (no client contributed)")
+        out: State = {}
+        for key, reference in like.items():
+            mean = self.sums[key] / self.weight
+            if not reference.is_floating_point():
+                mean = mean.round()
+            out[key] = mean.to(dtype=reference.dtype, device=reference.device)
+        return out
+
+
+class FedAvg:
+    """Federated averaging (McMahan et al. 2017): the new global state is the sample-weighted mean.
+
+    Subclasses change one hook: :meth:`client_penalty` (added to each client's loss) or
+    :meth:`server_update` (how the averaged state becomes the next global state).
+    """
+
+    def client_penalty(self, model: nn.Module, global_params: Mapping[str, Tensor]) -> Tensor | None:
+        """Extra term of the client loss; ``None`` for plain FedAvg."""
+        return None
+
+    def server_update(self, global_state: State, averaged: State) -> State:
+        """Next global state from the current one and the clients' weighted mean."""
+        return averaged
+
+
+class FedProx(FedAvg):
+    """FedProx (Li et al. 2020): clients minimise ``loss + mu/2 * ||w - w_global||^2``.
+
+    Args:
+        mu: weight of the proximal term; 0 is FedAvg.
+    """
+
+    def __init__(self, *, mu: float = 0.01) -> None:
+        if mu < 0:
+            raise ValueError(f"FedProx mu must be >= 0, got {mu}")
+        self.mu = mu
+
+    def client_penalty(self, model: nn.Module, global_params: Mapping[str, Tensor]) -> Tensor | None:
+        if self.mu == 0:
+            return None
+        return proximal_term(model.named_parameters(), global_params, self.mu)
+
+
+def proximal_term(params: Iterable[tuple[str, Tensor]], global_params: Mapping[str, Tensor], mu: float) -> Tensor:
+    """``mu / 2 * sum ||w - w_global||^2`` over the trainable parameters."""
+    terms = [(p - global_params[name].detach()).pow(2).sum() for name, p in params if p.requires_grad]
+    return 0.5 * mu * torch.stack(terms).sum()
+
+
+def is_finite_state(state: Mapping[str, Tensor]) -> bool:
+    """True when every floating tensor of ``state`` is free of NaN and Inf."""
+    return all(torch.isfinite(v).all().item() for v in state.values() if v.is_floating_point())

@@ -1,0 +1,74 @@
+"""Options of the federated loop and the unit of work it runs (a :class:`Stage`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class FederatedConfig:
+    """How clients train and the server aggregates (``--engine.<key>`` on the command line)."""
+
+    clients_per_round: int | float = 4
+    """Clients sampled each round: an int is a count, a float in (0, 1] a fraction of all clients."""
+    local_epochs: int = 1
+    """Passes over its data that a sampled client makes per round (ignored when local_steps is set)."""
+    local_steps: int | None = None
+    """Optimiser steps per client per round instead of whole epochs."""
+    batch_size: int = 16
+    """Client batch size."""
+    lr_decay: Literal["none", "poly"] = "poly"
+    """Per-round learning-rate schedule: poly is lr * (1 - r / R) ** poly_power, as in the reference."""
+    poly_power: float = 0.9
+    eval_every: int = 1
+    """Evaluate the global models on validation every N rounds (and always after a stage's last round)."""
+    eval_batch_size: int = 64
+    flip: bool = True
+    """Random horizontal flips of client batches (normals follow)."""
+    client_dropout: float = 0.0
+    """Probability that a sampled client drops out of a round (robustness studies)."""
+    max_failed_rounds: int = 3
+    """Stop with an error after this many consecutive rounds where no client update survived."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clients_per_round, float) and not 0.0 < self.clients_per_round <= 1.0:
+            raise ValueError(f"engine.clients_per_round={self.clients_per_round} as a fraction must be in (0, 1]")
+        if isinstance(self.clients_per_round, int) and self.clients_per_round < 1:
+            raise ValueError(f"engine.clients_per_round={self.clients_per_round} as a count must be >= 1")
+        for name in ("local_epochs", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name}={getattr(self, name)} must be >= 1")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise ValueError(f"engine.local_steps={self.local_steps} must be >= 1 or null")
+        if not 0.0 <= self.client_dropout < 1.0:
+            raise ValueError(f"engine.client_dropout={self.client_dropout} must be in [0, 1)")
+        if self.max_failed_rounds < 1:
+            raise ValueError(f"engine.max_failed_rounds={self.max_failed_rounds} must be >= 1")
+
+
+@dataclass
+class Stage:
+    """A stretch of federated training: some task groups, one model each, trained side by side for rounds.
+
+    Attributes:
+        name: label in logs and results (e.g. ``"merge"``, ``"one-by-one/d"``).
+        groups: the task groups; every round each sampled client trains one model per group, one after
+            another (a device holds one model at a time).
+        rounds: rounds of this stage.
+        init: initial global state per group (by position); ``None`` entries start from fresh weights.
+        final: whether these models serve tasks in the final result (test-evaluated at the stage's end).
+    """
+
+    name: str
+    groups: list[tuple[str, ...]]
+    rounds: int
+    init: list[dict[str, Any] | None] | None = None
+    final: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"stage {self.name!r}: rounds must be >= 0, got {self.rounds}")
+        if not self.groups or any(not g for g in self.groups):
+            raise ValueError(f"stage {self.name!r}: needs non-empty task groups, got {self.groups}")
