@@ -1,0 +1,216 @@
+"""The real Taskonomy data on disk as a :class:`~mas_lightning.data.base.DataSource`: one client per building.
+
+What the on-disk data looks like (facts gathered from public sources, no code taken from them):
+
+- Taskonomy data README (StanfordVL/taskonomy ``data/README.md``): one folder per domain; depth is z-buffer
+  depth "in units of 1/512 m with a max range of 128 m" (16-bit, so 65535 = no surface in range); normals
+  are "127-centred" 8-bit RGB; principal curvature is "encoded in the first two channels, zero curvature is
+  the pixel value 127"; ``segment_semantic`` has 18 labels, "0" uncertain (to be masked out of the loss),
+  "1" background, the rest 16 COCO classes, so ids are already 0..17 and need no remapping. Official
+  *tiny* split: 25 train, 5 val (collierville, corozal, darden, markleeville, wiconisco), 5 test (ihlen,
+  mcdade, muleshoe, noxapater, uvalda) buildings; the same split ships with omnidata's dataloader.
+- Files are ``point_<p>_view_<v>_domain_<domain>.png``. Tarballs of the original release (used by EasyFL's
+  MAS application) extract to ``<root>/<domain>/<building>/``, and segmentation files there are named
+  ``..._domain_segmentsemantic.png`` (EasyFL ships a script renaming them to ``segment_semantic``; both
+  names are accepted here). The omnidata download tool nests the component: ``<root>/<domain>/taskonomy/
+  <building>/`` and may provide a ``mask_valid`` domain (nonzero = valid), which is honoured when present.
+- The Taskonomy authors' training configs read 16-bit targets as raw / 65535 and rescale a saturation
+  range to [0, 1]: ``edge2d`` (edge_texture) [0, 0.08], ``keypoint2d`` [0, 0.005], ``edge`` (edge_occlusion)
+  [0, 0.00625]. We use those bounds and clip, which keeps the [0, 1] range of our convention.
+- The MAS reference loader (Standley's ``taskonomy_loader.py``, reused by EasyFL) instead standardises:
+  depth (raw - 1500) / 1000 with mask raw < 8192 (16 m); edge_occlusion (raw - 56.0248) / 239.1265;
+  keypoints2d (raw - 50) / 100; edge_texture (raw - 718) / 1070; normal 2 v - 1; reshading mean of the
+  channels then (v - 0.4962) / 0.2846; curvature channels 0, 1 standardised by (0.5175, 0.4987) and
+  (0.1373, 0.0359). It resizes every label bilinearly (blending segmentation ids) and silently reuses the
+  previous sample's label when a file is missing or unreadable; this reader raises instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from mas_lightning.data.base import DataSource, FederatedData, Sample
+from mas_lightning.data.taskonomy_decode import decode, read_png, resize_mask, valid_pixels
+from mas_lightning.data.taskonomy_index import BuildingViews, Layout, domain_of, index_building
+from mas_lightning.tasks import TASKS, parse_tasks
+
+TINY_VAL_BUILDINGS: tuple[str, ...] = ("collierville", "corozal", "darden", "markleeville", "wiconisco")
+TINY_TEST_BUILDINGS: tuple[str, ...] = ("ihlen", "mcdade", "muleshoe", "noxapater", "uvalda")
+MASK_DOMAIN = "mask_valid"
+
+
+class TaskonomyImages(Dataset):
+    """The views of one or more buildings, each read from disk when asked for (one PNG per domain).
+
+    Args:
+        buildings: indexed buildings, in order.
+        tasks: task names whose targets the samples carry.
+        resolution: output side length.
+        mask_from: domains whose validity is ANDed into the mask; empty gives an all-true mask.
+    """
+
+    def __init__(
+        self, buildings: Sequence[BuildingViews], tasks: Sequence[str], resolution: int, mask_from: Sequence[str]
+    ) -> None:
+        self.buildings = list(buildings)
+        self.tasks = tuple(tasks)
+        self.resolution = resolution
+        self.mask_from = tuple(mask_from)
+        self.domains = tuple(dict.fromkeys(["rgb", *(domain_of(t) for t in self.tasks), *self.mask_from]))
+        self._ends = [0]
+        for building in self.buildings:
+            self._ends.append(self._ends[-1] + len(building.prefixes))
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def locate(self, index: int) -> tuple[BuildingViews, int]:
+        """Building and view position of a dataset index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} views")
+        b = bisect.bisect_right(self._ends, index) - 1
+        return self.buildings[b], index - self._ends[b]
+
+    def __getitem__(self, index: int) -> Sample:
+        building, i = self.locate(index)
+        paths = {domain: building.path(domain, i) for domain in self.domains}
+        arrays = {domain: read_png(path, domain) for domain, path in paths.items()}
+        res = self.resolution
+        sample: Sample = {"rgb": decode("rgb", arrays["rgb"], res, paths["rgb"])}
+        mask = torch.ones(1, res, res, dtype=torch.bool)
+        for domain in self.mask_from:
+            mask &= resize_mask(valid_pixels(domain, arrays[domain]), res)
+        sample["mask"] = mask
+        for task in self.tasks:
+            domain = domain_of(task)
+            sample[task] = (
+                sample["rgb"].clone() if task == "autoencoder" else decode(domain, arrays[domain], res, paths[domain])
+            )
+        return sample
+
+
+def _check_building_lists(lists: dict[str, Sequence[str]]) -> None:
+    seen: dict[str, str] = {}
+    for split, buildings in lists.items():
+        for building in buildings:
+            if building in seen:
+                where = "twice in " + split if seen[building] == split else f"in both {seen[building]} and {split}"
+                raise ValueError(
+                    f"building {building!r} is listed {where}; each building belongs to one split, so that "
+                    "validation and test images never come from a training client"
+                )
+            seen[building] = split
+
+
+class Taskonomy(DataSource):
+    """Taskonomy as downloaded (original tarballs or the omnidata tool): each training building is a client.
+
+    Args:
+        root: folder holding one folder per domain (``rgb``, ``depth_zbuffer``, ...).
+        train_buildings: the clients; None takes every building found under ``rgb`` that is not val or test.
+        val_buildings: server-side validation buildings (default: the official tiny val split).
+        test_buildings: server-side test buildings (default: the official tiny test split).
+        resolution: side length images and labels are resized to.
+        max_images_per_building: keep only the first N views (sorted by point, view) of each building.
+        drop_incomplete: leave out views lacking a requested label instead of raising.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        train_buildings: Sequence[str] | None = None,
+        val_buildings: Sequence[str] = TINY_VAL_BUILDINGS,
+        test_buildings: Sequence[str] = TINY_TEST_BUILDINGS,
+        resolution: int = 256,
+        max_images_per_building: int | None = None,
+        drop_incomplete: bool = False,
+    ) -> None:
+        if resolution < 1:
+            raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+        if max_images_per_building is not None and max_images_per_building < 1:
+            raise ValueError(f"max_images_per_building must be None or at least 1, got {max_images_per_building}")
+        for split, buildings in (("val_buildings", val_buildings), ("test_buildings", test_buildings)):
+            if not buildings:
+                raise ValueError(f"{split} is empty; name at least one building for the server-side evaluation")
+        if train_buildings is not None and not train_buildings:
+            raise ValueError("train_buildings is empty; give None to take every building not in val or test")
+        lists = {"val_buildings": list(val_buildings), "test_buildings": list(test_buildings)}
+        if train_buildings is not None:
+            lists = {"train_buildings": list(train_buildings), **lists}
+        _check_building_lists(lists)
+        self.root = Path(root)
+        self.train_buildings = None if train_buildings is None else list(train_buildings)
+        self.val_buildings = list(val_buildings)
+        self.test_buildings = list(test_buildings)
+        self.resolution = resolution
+        self.max_images_per_building = max_images_per_building
+        self.drop_incomplete = drop_incomplete
+
+    def setup(self, tasks: Sequence[str]) -> FederatedData:
+        """Index the buildings (one directory listing per building and domain) and build the datasets.
+
+        Raises:
+            FileNotFoundError: root, a domain folder, a listed building or a label is missing.
+            ValueError: bad task names, or no training building is left.
+        """
+        names = parse_tasks(tasks)
+        layout = Layout.detect(self.root)
+        found = layout.buildings()
+        held_out = {*self.val_buildings, *self.test_buildings}
+        train = self.train_buildings or [b for b in found if b not in held_out]
+        absent = [b for b in [*train, *self.val_buildings, *self.test_buildings] if b not in found]
+        if absent:
+            raise FileNotFoundError(
+                f"buildings {absent} are listed but have no folder under {layout.domain_dir('rgb')}; found {found}"
+            )
+        if not train:
+            raise ValueError(f"no training building left: every building found {found} is in val or test")
+        mask_from = self._mask_sources(layout, names)
+        domains = list(dict.fromkeys(["rgb", *(domain_of(t) for t in names), *mask_from]))
+        for domain in domains:
+            if not layout.domain_dir(domain).is_dir():
+                present = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+                raise FileNotFoundError(
+                    f"no {domain} folder {layout.domain_dir(domain)} (needed by tasks {names}); found domains {present}"
+                )
+
+        def dataset(buildings: Sequence[str]) -> TaskonomyImages:
+            views = [
+                index_building(
+                    layout, b, domains, limit=self.max_images_per_building, drop_incomplete=self.drop_incomplete
+                )
+                for b in buildings
+            ]
+            return TaskonomyImages(views, names, self.resolution, mask_from)
+
+        return FederatedData(
+            clients=[dataset([b]) for b in train],
+            client_names=list(train),
+            val=dataset(self.val_buildings),
+            test=dataset(self.test_buildings),
+            tasks=names,
+            resolution=self.resolution,
+        )
+
+    @staticmethod
+    def _mask_sources(layout: Layout, tasks: Sequence[str]) -> list[str]:
+        """Domains the validity mask is read from: mask_valid when shipped, depth when loaded or needed."""
+        masked = [t for t in tasks if TASKS[t].masked]
+        if not masked:
+            return []  # nothing reads the mask: skip the extra file per sample
+        has_mask = layout.domain_dir(MASK_DOMAIN).is_dir()
+        has_depth = layout.domain_dir("depth_zbuffer").is_dir()
+        if not has_mask and not has_depth:
+            raise FileNotFoundError(
+                f"tasks {masked} are masked by valid depth, but neither {layout.domain_dir('depth_zbuffer')} "
+                f"nor {layout.domain_dir(MASK_DOMAIN)} exists; download depth_zbuffer (or mask_valid)"
+            )
+        sources = [MASK_DOMAIN] if has_mask else []
+        if "depth_zbuffer" in tasks or not has_mask:
+            sources.append("depth_zbuffer")
+        return sources
