@@ -16,6 +16,8 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from mas_lightning.errors import ConfigError
+
 # name -> "module:function"; imported when the parser is built so each command's signature is its CLI.
 RESOLVED_CONFIG = "resolved_config"
 """A command parameter of this name is hidden from the CLI and receives the resolved config as YAML."""
@@ -66,4 +68,9 @@ def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = No
     if RESOLVED_CONFIG in inspect.signature(function).parameters:
         # Commands that keep a record of their run receive the full resolved config as YAML.
         kwargs[RESOLVED_CONFIG] = command_parser(function).dump(cfg[name], skip_none=False)
-    return function(**kwargs)
+    try:
+        return function(**kwargs)
+    except ConfigError as error:
+        # Checks that need several values together (tasks vs data, split round vs rounds) fail here.
+        print(f"error: invalid configuration for '{name}': {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -87,6 +87,7 @@ class FederatedEngine:
             "stage": 0,
             "round": 0,
             "stage_started": False,
+            "stage_name": "",
             "groups": [],
             "weights": [],
             "history": [],
@@ -113,6 +114,7 @@ class FederatedEngine:
             for g, w in zip(stage.groups, init, strict=True)
         ]
         state["round"], state["failed_rounds"], state["stage_started"] = 0, 0, True
+        state["stage_name"] = stage.name
 
     def working(self, group: tuple[str, ...]) -> tuple[nn.Module, Optimizer, float]:
         """The reusable (model, optimiser, base lr) of a group on this device, built on first use."""

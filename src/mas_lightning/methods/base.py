@@ -27,6 +27,10 @@ class Method(ABC):
             history: results of the finished stages (see ``FederatedEngine.run_stage``) in order.
         """
 
+    def check(self, tasks: tuple[str, ...], rounds: int) -> None:
+        """Raise :class:`~mas_lightning.errors.ConfigError` when the method cannot run this task set or budget."""
+        return None
+
     def callbacks(self) -> list[Any]:
         """Callbacks the method needs in the loop (e.g. affinity measurement and the split)."""
         return []

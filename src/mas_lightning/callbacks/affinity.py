@@ -1,0 +1,122 @@
+"""Collect lookahead task affinity on the clients while the merged model trains.
+
+Every ``lookahead_every`` local steps of a client training the merged group, the callback measures
+:func:`mas_lightning.affinity.lookahead_affinity` on that batch (with the optimiser's current learning
+rate and weight decay). Measurements are averaged over the steps of a client, then over the clients of a
+round (plain mean, or weighted by client size), and the round means are kept as history; the affinity
+used for a decision is the mean over the last ``window`` rounds. Every entry counts, negative ones too.
+The history is saved in the checkpoint, so a resumed run decides the same split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mas_lightning.affinity import lookahead_affinity
+from mas_lightning.callbacks.artifacts import write_affinity
+
+
+class AffinityCallback:
+    """Measure and average the T x T lookahead affinity during the stages named in ``stages``.
+
+    Args:
+        stages: names of the stages in which to measure (the merged all-task stage of MAS or TAG).
+        lookahead_every: measure every N local steps of a client (step 0 included).
+        window: number of most recent rounds averaged by :meth:`averaged`.
+        weighted: weight clients by their data size instead of equally.
+        method: "exact", "batched" or "first_order" (see ``lookahead_affinity``).
+        max_samples: measure on at most this many samples of the batch (None: all).
+    """
+
+    def __init__(self, stages: tuple[str, ...], *, lookahead_every: int = 10, window: int = 10,
+                 weighted: bool = False, method: str = "exact", max_samples: int | None = None) -> None:
+        if lookahead_every < 1 or window < 1:
+            raise ValueError(f"lookahead_every={lookahead_every} and window={window} must be >= 1")
+        self.stages, self.every, self.window, self.weighted = stages, lookahead_every, window, weighted
+        self.method, self.max_samples = method, max_samples
+        self.tasks: tuple[str, ...] = ()
+        self.history: list[Tensor] = []  # one T x T mean per round
+        self._client_sum: Tensor | None = None
+        self._client_count = 0
+        self._round_sum: Tensor | None = None
+        self._round_weight = 0.0
+        self._active = False
+
+    # ---------------------------------------------------------------- hooks
+    def on_stage_start(self, engine: Any, state: dict[str, Any], stage: Any) -> None:
+        if stage.name in self.stages:
+            self.tasks, self.history = tuple(stage.groups[0]), []
+
+    def on_round_start(self, engine: Any, state: dict[str, Any], round_: int) -> None:
+        self._active = self._stage_name(state) in self.stages and len(state["groups"]) == 1
+        self._round_sum, self._round_weight = None, 0.0
+
+    def on_client_start(self, engine: Any, state: dict[str, Any], client: int, group: tuple[str, ...]) -> None:
+        self._client_sum, self._client_count = None, 0
+
+    def on_train_batch_end(self, engine: Any, state: dict[str, Any], model: Any, batch: dict[str, Tensor],
+                           losses: dict[str, Tensor], optimizer: Any, client: int, group: tuple[str, ...],
+                           step: int) -> None:
+        if not self._active or step % self.every:
+            return
+        settings = optimizer.param_groups[0]
+        with engine.fabric.autocast():
+            z = lookahead_affinity(model, batch, lr=float(settings["lr"]),
+                                   weight_decay=float(settings.get("weight_decay", 0.0)),
+                                   method=self.method, max_samples=self.max_samples)
+        z = z.detach().double().cpu()
+        self._client_sum = z if self._client_sum is None else self._client_sum + z
+        self._client_count += 1
+
+    def on_client_end(self, engine: Any, state: dict[str, Any], client: int, group: tuple[str, ...],
+                      model: Any) -> None:
+        if not self._active or self._client_sum is None:
+            return
+        weight = float(len(engine.data.clients[client])) if self.weighted else 1.0
+        mean = self._client_sum / self._client_count
+        self._round_sum = mean * weight if self._round_sum is None else self._round_sum + mean * weight
+        self._round_weight += weight
+
+    def on_round_end(self, engine: Any, state: dict[str, Any], round_: int, row: dict[str, Any]) -> None:
+        if not self._active:
+            return
+        size = len(self.tasks)
+        packed = torch.zeros(size * size + 1, dtype=torch.float64)
+        if self._round_sum is not None:
+            packed[:-1] = self._round_sum.reshape(-1)
+            packed[-1] = self._round_weight
+        if engine.fabric.world_size > 1:
+            packed = engine.fabric.all_reduce(packed.to(engine.fabric.device), reduce_op="sum").cpu()
+        if packed[-1] > 0:
+            self.history.append((packed[:-1] / packed[-1]).view(size, size))
+
+    def on_stage_end(self, engine: Any, state: dict[str, Any], stage: Any, result: dict[str, Any]) -> None:
+        if stage.name in self.stages and self.history:
+            result["affinity"] = self.summary()
+            if engine.fabric.global_rank == 0:
+                write_affinity(self.tasks, self.history, engine.run_dir)
+
+    # ---------------------------------------------------------------- results and state
+    def averaged(self) -> Tensor:
+        """Mean affinity over the last ``window`` measured rounds (T x T, float64)."""
+        if not self.history:
+            raise RuntimeError("no affinity was measured: the merged stage ran no round with a measured step")
+        return torch.stack(self.history[-self.window :]).mean(0)
+
+    def summary(self) -> dict[str, Any]:
+        """The averaged matrix with its task order, for the stage result and summary.json."""
+        return {"tasks": list(self.tasks), "matrix": self.averaged().tolist(),
+                "rounds_measured": len(self.history), "window": self.window}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks), "history": [h.clone() for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks, self.history = tuple(state["tasks"]), list(state["history"])
+
+    @staticmethod
+    def _stage_name(state: dict[str, Any]) -> str:
+        return state.get("stage_name", "")

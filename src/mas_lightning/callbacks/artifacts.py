@@ -1,0 +1,56 @@
+"""Files a person looks at: the affinity matrix as CSV and JSON with task names, and its heatmap."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mas_lightning.tasks import TASKS
+
+
+def write_affinity(tasks: Sequence[str], history: Sequence[Tensor], folder: Path, window: int = 10) -> None:
+    """Write ``affinity.json`` (per-round history and mean), ``affinity.csv`` and ``affinity.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mean = torch.stack(list(history[-window:])).mean(0)
+    (folder / "affinity.json").write_text(json.dumps(
+        {"tasks": list(tasks), "mean": mean.tolist(), "per_round": [h.tolist() for h in history],
+         "meaning": "entry [i][j]: lookahead affinity of task i onto task j (positive: a step on i helps j)"},
+        indent=1))
+    with open(folder / "affinity.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["from \\ onto", *tasks])
+        for task, row in zip(tasks, mean.tolist()):
+            writer.writerow([task, *(f"{v:.6g}" for v in row)])
+    plot_affinity(tasks, mean, folder / "affinity.png")
+
+
+def plot_affinity(tasks: Sequence[str], matrix: Tensor, path: Path) -> Path:
+    """A diverging heatmap of the affinity with values written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{TASKS[t].letter} {t}" for t in tasks]
+    values = matrix.double().numpy()
+    limit = float(abs(values).max()) or 1.0
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(tasks), 0.8 + 0.7 * len(tasks)))
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(tasks)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(tasks)), labels)
+    ax.set_xlabel("onto task j")
+    ax.set_ylabel("step on task i")
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, label="lookahead affinity Z[i, j]")
+    ax.set_title("Lookahead task affinity (mean of the last rounds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

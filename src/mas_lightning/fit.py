@@ -1,0 +1,155 @@
+"""The ``fit`` command: one federated run from a config to ``summary.json``.
+
+Three layers, as in LitGPT: :func:`fit` faces the command line and builds Fabric; :func:`main` builds the
+data, the engine and the run's one flat ``state`` (resuming it from a checkpoint when asked);
+:func:`run_method` asks the method for stages and lets the engine train them. The run folder
+``<out>/<name>/`` holds ``config.yaml`` (resolved), ``metrics.csv`` (one row per round),
+``checkpoints/last.pt`` and, at the end, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.fabric import Fabric
+from torch import nn
+from torch.optim import Optimizer
+
+from mas_lightning.data.base import DataSource
+from mas_lightning.data.minitaskonomy import MiniTaskonomy
+from mas_lightning.errors import ConfigError
+from mas_lightning.federated.aggregation import FedAvg
+from mas_lightning.federated.checkpoint import find_resume, load_checkpoint
+from mas_lightning.federated.config import FederatedConfig
+from mas_lightning.federated.engine import FederatedEngine
+from mas_lightning.federated.progress import RoundProgress
+from mas_lightning.federated.summary import build_summary
+from mas_lightning.methods import AllInOne, Method
+from mas_lightning.model import MultiTaskModel, TaskMetrics
+from mas_lightning.run_logging import make_loggers
+from mas_lightning.tasks import parse_tasks
+
+log = logging.getLogger(__name__)
+
+
+def _sgd(params: Iterator[nn.Parameter]) -> Optimizer:
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def fit(
+    data: DataSource = lazy_instance(MiniTaskonomy),
+    tasks: str | list[str] = "sdnkt",
+    method: Method = lazy_instance(AllInOne),
+    model: Callable[[tuple[str, ...]], MultiTaskModel] = MultiTaskModel,
+    optimizer: Callable[[Iterator[nn.Parameter]], Optimizer] = _sgd,
+    aggregator: FedAvg = lazy_instance(FedAvg),
+    rounds: int = 10,
+    engine: FederatedConfig = lazy_instance(FederatedConfig),
+    precision: str = "32-true",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    logger: Literal["csv", "wandb", "tensorboard"] = "csv",
+    out: Path = Path("runs"),
+    name: str | None = None,
+    seed: int = 0,
+    resume: bool | Literal["auto"] | Path = False,
+    resolved_config: str | None = None,
+) -> dict[str, Any]:
+    """Train a federated multiple-task method and write its run folder.
+
+    Args:
+        data: where clients, validation and test data come from.
+        tasks: task set, as letters ("sdnkt"), "all", or a list of names.
+        method: how tasks are grouped into models over the rounds (all-in-one, one-by-one, MAS, TAG, HOA).
+        model: builds the multi-task model of a task group.
+        optimizer: client optimiser (its state is reset for every client and round).
+        aggregator: server strategy (FedAvg, FedProx).
+        rounds: the round budget R of the run (each method says how it spends it).
+        engine: client sampling, local training, evaluation and robustness options.
+        precision: Fabric precision: "32-true", "bf16-mixed", "16-mixed", ...
+        accelerator: Fabric accelerator: "auto", "cpu", "cuda", ...
+        devices: devices per node; clients of a round are divided among them.
+        num_nodes: machines (torch.distributed through Fabric).
+        strategy: Fabric strategy ("auto", "ddp", ...); only used to launch processes and all-reduce.
+        logger: where per-round metrics go besides metrics.csv: "csv" (only), "wandb", "tensorboard".
+        out: folder holding run folders.
+        name: run folder name (default: "<method>-<tasks>-seed<seed>").
+        seed: seed of every random choice of the run.
+        resume: false, "auto" (continue from the run folder's checkpoint if any), true, or a checkpoint path.
+    """
+    try:
+        task_names = parse_tasks(tasks)
+    except ValueError as error:
+        raise ConfigError(f"tasks: {error}") from None
+    if rounds < 1:
+        raise ConfigError(f"rounds={rounds} must be >= 1")
+    method.check(task_names, rounds)
+    run_name = name or f"{type(method).__name__.lower()}-{''.join(t[0] for t in task_names)}-seed{seed}"
+    run_dir = Path(out) / run_name
+    callbacks = method.callbacks()
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                    precision=precision, callbacks=callbacks, loggers=make_loggers(logger, run_dir, run_name))
+    fabric.launch()
+    fabric.seed_everything(seed, verbose=False)
+    if fabric.global_rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resolved_config is not None:
+            (run_dir / "config.yaml").write_text(resolved_config)
+    try:
+        federated_data = data.setup(task_names)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"data: {error}") from None
+    return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
+                engine, seed, run_dir, resume, callbacks)
+
+
+def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, model: Callable[..., nn.Module],
+         optimizer: Callable[..., Optimizer], aggregator: FedAvg, rounds: int, config: FederatedConfig, seed: int,
+         run_dir: Path, resume: bool | str | Path, callbacks: list[Any]) -> dict[str, Any]:
+    """Build the engine and the state (fresh or resumed), run the method, write ``summary.json``."""
+    progress = RoundProgress(enabled=fabric.global_rank == 0)
+    engine = FederatedEngine(fabric, data, config, model, optimizer, aggregator, seed, run_dir,
+                             metrics_factory=TaskMetrics, callbacks=callbacks, progress=progress.client_done)
+    state = FederatedEngine.new_state()
+    checkpoint = find_resume(resume, run_dir / "checkpoints")
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        state["weights"] = [{k: v.to(fabric.device) for k, v in w.items()} for w in state["weights"]]
+        for callback in callbacks:
+            if hasattr(callback, "load_state_dict") and type(callback).__name__ in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][type(callback).__name__])
+        if fabric.global_rank == 0:
+            print(f"resumed from {checkpoint} at stage {state['stage']}, round {state['round']}")
+    started = time.perf_counter()
+    with progress:
+        run_method(engine, method, tasks, rounds, state, progress)
+    summary = build_summary(method, tasks, rounds, state, seed)
+    summary["session_wall_s"] = round(time.perf_counter() - started, 3)
+    if fabric.global_rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"total test loss {summary['total_test_loss']:.4f}; summary in {run_dir / 'summary.json'}")
+    return summary
+
+
+def run_method(engine: FederatedEngine, method: Method, tasks: tuple[str, ...], rounds: int,
+               state: dict[str, Any], progress: RoundProgress) -> None:
+    """Run the method's stages from where ``state`` stands until the method has none left."""
+    if state["stage"] == 0 and state["round"] == 0 and not state["stage_started"]:
+        engine.fabric.call("on_fit_start", engine, state)
+    while (stage := method.next_stage(tasks, rounds, state["history"])) is not None:
+        progress.start_stage(stage, engine.per_round * len(stage.groups))
+        result = engine.run_stage(state, stage)
+        state["history"].append(result)
+        state["stage"] += 1
+        state["round"], state["stage_started"] = 0, False
+        engine.save(state)
+    engine.fabric.call("on_fit_end", engine, state)
