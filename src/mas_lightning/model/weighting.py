@@ -40,7 +40,7 @@ class LossWeighting(nn.Module):
         self.tasks: tuple[str, ...] = ()
 
     def setup(self, tasks: Sequence[str]) -> None:
-        """Size the state for these task names (the model's, in canonical order)."""
+        """Size the state for these task names (the model's, in canonical order); a no-op when already so."""
         self.tasks = tuple(tasks)
 
     def forward(self, losses: dict[str, Tensor], shared: Tensor | None = None) -> Tensor:
@@ -115,6 +115,8 @@ class GradNorm(LossWeighting):
     initial_losses: Tensor
 
     def setup(self, tasks: Sequence[str]) -> None:
+        if tuple(tasks) == self.tasks:
+            return  # already sized for these tasks (e.g. built by subset): keep the learnt state
         super().setup(tasks)
         # 0 marks "not seen yet": a task's L_i(0) is set at its first training step.
         self.weights = torch.ones(len(self.tasks), device=self.weights.device)

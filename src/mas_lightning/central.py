@@ -1,0 +1,187 @@
+"""The ``central`` command: train the multi-task model on all clients' data pooled, without federation.
+
+This is the non-federated upper reference: an ordinary ``lightning.Trainer`` fits
+:class:`~mas_lightning.model.MultiTaskModel` on the union of the client datasets, validates on the
+validation set and finally tests on the test set. The run folder ``out`` receives ``config.yaml``
+(resolved, when run from the CLI), ``logs/`` (``metrics.csv`` or TensorBoard events), ``checkpoints/last.ckpt``
+and ``summary.json`` with the final validation and test figures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+from mas_lightning.data.base import DataSource, Sample, hflip, make_loader
+from mas_lightning.model import MultiTaskModel
+
+
+class ClientUnion(Dataset):
+    """All clients' training sets as one dataset, still fetched one batched gather per client.
+
+    Args:
+        datasets: the client datasets, in order; index ``i`` runs through them one after another.
+    """
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        if not datasets:
+            raise ValueError("ClientUnion needs at least one dataset")
+        self.datasets = list(datasets)
+        self.offsets = [0, *accumulate(len(d) for d in self.datasets)]  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitems__(self, indices: Sequence[int]) -> Sample:
+        by_client: dict[int, list[int]] = {}
+        for position, index in enumerate(indices):
+            if not 0 <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} samples")
+            by_client.setdefault(bisect_right(self.offsets, index) - 1, []).append(position)
+        parts, positions = [], []
+        for client, where in by_client.items():
+            local = [indices[p] - self.offsets[client] for p in where]
+            parts.append(_fetch(self.datasets[client], local))
+            positions.extend(where)
+        # Put the samples back in the order the sampler asked for.
+        order = torch.empty(len(positions), dtype=torch.long)
+        order[torch.tensor(positions)] = torch.arange(len(positions))
+        return {key: torch.cat([part[key] for part in parts])[order] for key in parts[0]}
+
+    def __getitem__(self, index: int) -> Sample:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+
+
+def _fetch(dataset: Dataset, indices: list[int]) -> Sample:
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(indices)
+    return default_collate([dataset[i] for i in indices])
+
+
+class RandomHFlip(Callback):
+    """Flip each training sample left-right with probability 1/2 (the reference's augmentation).
+
+    Uses its own seeded generator, so augmentation is reproducible and independent of model code.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        which = torch.rand(len(batch["rgb"]), generator=self.generator) < 0.5
+        # In place: Lightning hands this same dict to training_step.
+        batch.update(hflip(batch, which.to(batch["rgb"].device)))
+
+
+def central(
+    data: DataSource,
+    model: MultiTaskModel,
+    max_epochs: int = 10,
+    max_steps: int = -1,
+    batch_size: int = 64,
+    flip: bool = True,
+    precision: str = "32-true",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_workers: int = 0,
+    val_every: int = 1,
+    limit_val_batches: int | float = 1.0,
+    log_every: int = 50,
+    logger: Literal["csv", "tensorboard"] = "csv",
+    out: Path = Path("runs/central"),
+    seed: int = 0,
+    resolved_config: str | None = None,
+) -> dict[str, Any]:
+    """Train the multi-task model centrally on the union of all clients' data, then test it.
+
+    Args:
+        data: where clients, validation and test data come from; set up for the model's tasks.
+        model: the multi-task model; its tasks choose the targets loaded and its optimiser settings
+            (lr, momentum, weight decay, poly decay) are used.
+        max_epochs: passes over the pooled training data.
+        max_steps: stop after this many optimiser steps (-1: no limit; for smoke runs).
+        batch_size: samples per batch.
+        flip: random horizontal flips of training batches.
+        precision: Lightning precision: "32-true", "bf16-mixed", "16-mixed", ...
+        accelerator: Lightning accelerator: "auto", "cpu", "cuda", ...
+        devices: devices to train on.
+        num_workers: data loader worker processes.
+        val_every: validate every this many epochs.
+        limit_val_batches: share (float) or number (int) of validation batches per validation.
+        log_every: log training losses every this many steps.
+        logger: where training curves go: ``out/logs``.
+        out: run folder.
+        seed: seeds data order, flips and Lightning's global RNGs (the model is built before, by the caller).
+        resolved_config: filled by the CLI with the run's resolved config, saved as ``config.yaml``.
+
+    Returns:
+        The summary also written to ``out/summary.json``: final ``val`` and ``test`` figures, ``tasks``,
+        ``train_samples`` and ``seconds``.
+    """
+    if min(max_epochs, batch_size, val_every, log_every) < 1:
+        raise ValueError(
+            f"max_epochs, batch_size, val_every and log_every must be >= 1; "
+            f"got {max_epochs}, {batch_size}, {val_every}, {log_every}"
+        )
+    lightning.seed_everything(seed, workers=True, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
+    if resolved_config is not None:
+        (out / "config.yaml").write_text(resolved_config)
+
+    fed = data.setup(model.tasks)
+    missing = [t for t in model.tasks if t not in fed.tasks]
+    if missing:
+        raise ValueError(
+            f"the data carries no targets for {missing}; it has {fed.tasks}, the model needs {model.tasks}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    train = make_loader(
+        ClientUnion(fed.clients), batch_size, shuffle=True, generator=generator, num_workers=num_workers
+    )
+    val = make_loader(fed.val, batch_size, num_workers=num_workers)
+    test = make_loader(fed.test, batch_size, num_workers=num_workers)
+
+    callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)]
+    if flip:
+        callbacks.append(RandomHFlip(seed))
+    trainer = lightning.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        precision=precision,  # type: ignore[arg-type]
+        accelerator=accelerator,
+        devices=devices,
+        check_val_every_n_epoch=val_every,
+        limit_val_batches=limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=log_every,
+        logger=(CSVLogger if logger == "csv" else TensorBoardLogger)(out, name="logs", version=""),
+        callbacks=callbacks,
+        default_root_dir=out,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, train, val)
+    seconds = time.perf_counter() - start
+    validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    tested = trainer.test(model, test, verbose=False)[0]
+    summary = {
+        "tasks": list(model.tasks),
+        "train_samples": len(train.dataset),  # type: ignore[arg-type]
+        "seconds": seconds,
+        "val": validated,
+        "test": {k: float(v) for k, v in tested.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

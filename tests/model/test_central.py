@@ -1,0 +1,72 @@
+"""Central training: the pooled client data, flips, and a tiny Lightning fit that changes the weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from model.model_fake_data import FakeSource, as_is
+
+from mas_lightning.central import ClientUnion, RandomHFlip, central
+from mas_lightning.data.base import TensorTaskDataset
+from mas_lightning.model import MultiTaskModel
+
+
+def test_client_union_fetches_in_the_requested_order() -> None:
+    a = TensorTaskDataset({"x": torch.arange(3)}, as_is)
+    b = TensorTaskDataset({"x": torch.arange(10, 14)}, as_is)
+    union = ClientUnion([a, b])
+    assert len(union) == 7
+    assert union.__getitems__([5, 0, 3, 2, 6])["x"].tolist() == [12, 0, 10, 2, 13]
+    assert union[4]["x"].item() == 11
+    with pytest.raises(IndexError, match="index 7 out of range for 7 samples"):
+        union.__getitems__([7])
+
+
+def test_random_flip_changes_the_batch_in_place() -> None:
+    rgb = torch.arange(8.0).view(1, 1, 2, 4).expand(4, 3, 2, 4).clone()
+    batch = {"rgb": rgb.clone()}
+    RandomHFlip(seed=0).on_train_batch_start(None, None, batch, 0)
+    flipped = [torch.equal(batch["rgb"][i], rgb[i].flip(-1)) for i in range(4)]
+    kept = [torch.equal(batch["rgb"][i], rgb[i]) for i in range(4)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each sample either flipped or untouched
+    assert any(flipped) and any(kept)  # seed 0 flips some of the four and not others
+
+
+def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MultiTaskModel("sd", decoder_width=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = central(
+        FakeSource(size=32, per_client=4),
+        model,
+        max_epochs=1,
+        max_steps=2,
+        batch_size=4,
+        log_every=1,
+        accelerator="cpu",
+        out=tmp_path,
+        resolved_config="model: {}\n",
+    )
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoders.depth") for k in changed)
+    assert summary["train_samples"] == 8
+    assert summary["tasks"] == ["segment_semantic", "depth_zbuffer"]
+    for key in ("test/loss", "test/segment_semantic/miou", "test/depth_zbuffer/abs_rel", "val/loss"):
+        assert key in summary["test"] or key in summary["val"], key
+    assert all(v == v for v in summary["test"].values())  # no NaN
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "config.yaml").read_text() == "model: {}\n"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "train/loss" in (tmp_path / "logs" / "metrics.csv").read_text()
+
+
+def test_central_refuses_data_without_the_models_tasks(tmp_path: Path) -> None:
+    class DepthOnly(FakeSource):
+        def setup(self, tasks):  # noqa: ANN001, ANN202 - a data source that ignores the request
+            return super().setup(["depth_zbuffer"])
+
+    with pytest.raises(ValueError, match=r"no targets for \['normal'\]"):
+        central(DepthOnly(), MultiTaskModel("dn", decoder_width=8), accelerator="cpu", out=tmp_path)
