@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from jsonargparse import ArgumentParser
 from model.model_fake_data import FakeSource, as_is
 
 from mas_lightning.central import ClientUnion, RandomHFlip, central
 from mas_lightning.data.base import TensorTaskDataset
-from mas_lightning.model import MultiTaskModel
+from mas_lightning.model import EqualWeighting, MultiTaskModel
 
 
 def test_client_union_fetches_in_the_requested_order() -> None:
@@ -59,7 +61,8 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
     assert all(v == v for v in summary["test"].values())  # no NaN
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "config.yaml").read_text() == "model: {}\n"
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    restored = MultiTaskModel.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in restored.state_dict().items())
     assert "train/loss" in (tmp_path / "logs" / "metrics.csv").read_text()
 
 
@@ -70,3 +73,15 @@ def test_central_refuses_data_without_the_models_tasks(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"no targets for \['normal'\]"):
         central(DepthOnly(), MultiTaskModel("dn", decoder_width=8), accelerator="cpu", out=tmp_path)
+
+
+def test_shipped_config_fits_the_central_signature() -> None:
+    # The data source is swapped for the synthetic one; every other key must parse against central().
+    config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "central.yaml").read_text())
+    config["data"] = {"class_path": "model.model_fake_data.FakeSource", "init_args": {"size": 32}}
+    parser = ArgumentParser()
+    parser.add_function_arguments(central, fail_untyped=True, skip={"resolved_config"})
+    built = parser.instantiate(parser.parse_object(config))
+    assert built.model.tasks == ("segment_semantic", "depth_zbuffer", "normal", "keypoints2d", "edge_texture")
+    assert isinstance(built.model.loss_weighting, EqualWeighting)
+    assert built.batch_size == 64 and built.out == Path("runs/central")
