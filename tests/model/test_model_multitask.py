@@ -72,6 +72,17 @@ def test_smp_encoders_lose_stages_they_never_run() -> None:
     assert sum(p.numel() for p in model.encoder.parameters()) == 2_782_784  # resnet18 up to layer3
 
 
+@pytest.mark.parametrize("encoder", ["tu-convnext_atto", "tu-efficientnet_b0"])
+def test_other_encoders_work_and_gradnorm_layer_gets_gradient(encoder: str) -> None:
+    # ConvNeXt has no stride-2 feature (0 channels in smp); EfficientNet runs blocks past the last feature.
+    model = MultiTaskModel("sd", encoder_name=encoder, decoder_width=8)
+    preds = model(torch.rand(2, 3, 32, 32))
+    assert preds["segment_semantic"].shape == (2, 18, 32, 32)
+    sum(p.mean() for p in preds.values()).backward()
+    assert model.last_shared_weight().grad is not None
+    assert model.last_shared_weight().grad.abs().sum() > 0
+
+
 def test_bad_configuration_is_rejected_clearly() -> None:
     with pytest.raises(ValueError, match="unknown task 'x'"):
         MultiTaskModel("sx")

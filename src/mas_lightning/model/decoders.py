@@ -44,7 +44,7 @@ class TaskDecoder(nn.Module):
 
     def __init__(self, encoder_channels: Sequence[int], out_channels: int, width: int) -> None:
         super().__init__()
-        if width < 1 or out_channels < 1 or not encoder_channels:
+        if width < 1 or out_channels < 1 or not encoder_channels or encoder_channels[-1] < 1:
             raise ValueError(
                 f"decoder needs width >= 1 (got {width}), out_channels >= 1 (got {out_channels}) "
                 f"and at least one encoder level (got {list(encoder_channels)})"
@@ -54,7 +54,12 @@ class TaskDecoder(nn.Module):
         self.bottom = _conv_bn_relu(deep_first[0], widths[0], 3)
         # Stage i goes from widths[i - 1] at one scale to widths[i] at the next finer one.
         self.reduce = nn.ModuleList(nn.Conv2d(widths[i - 1], widths[i], 1) for i in range(1, len(widths)))
-        self.lateral = nn.ModuleList(nn.Conv2d(deep_first[i], widths[i], 1) for i in range(1, len(widths)))
+        # Some encoders (ConvNeXt, MiT in smp) have no stride-2 feature and report 0 channels there:
+        # such a level gets no skip, only the upsampling.
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(deep_first[i], widths[i], 1) if deep_first[i] > 0 else nn.Identity()
+            for i in range(1, len(widths))
+        )
         self.mix = nn.ModuleList(_conv_bn_relu(widths[i], widths[i], 3) for i in range(1, len(widths)))
         self.head = nn.Conv2d(widths[-1], out_channels, 1)
 
@@ -67,5 +72,5 @@ class TaskDecoder(nn.Module):
             # Reduce before upsampling (cheaper); interpolate to the skip's exact size since some
             # encoders (e.g. Xception) do not halve sizes exactly.
             x = F.interpolate(reduce(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = mix(x + lateral(skip))
+            x = mix(x + lateral(skip) if isinstance(lateral, nn.Conv2d) else x)
         return F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)

@@ -1,11 +1,16 @@
 """The shared encoder: any segmentation-models-pytorch encoder, checked once by a dummy pass.
 
-The dummy pass (64 px, eval mode so BatchNorm statistics do not move) serves two purposes:
+The dummy pass (64 px, eval mode so BatchNorm statistics do not move, then a backward) serves two
+purposes:
 
-- find the last convolution the encoder runs: GradNorm measures gradient norms at its weight;
-- drop submodules whose parameters get no gradient. smp's own ResNets keep their deepest stage even
-  with ``depth=4``; left in place such parameters would cost memory, be averaged and sent by FedAvg
-  for nothing, and make DDP complain about unused parameters.
+- find the last convolution the encoder runs whose weight reaches the returned features: GradNorm
+  measures gradient norms at its weight. In timm ResNets with a projection shortcut in the last block
+  (``tu-resnet10t``) that is the shortcut's 1x1 convolution, which runs after the main branch;
+- drop submodules that never run and whose parameters get no gradient. smp's own ResNets keep their
+  deepest stage even with ``depth=4``; left in place such parameters would cost memory, be averaged
+  and sent by FedAvg for nothing, and make DDP complain about unused parameters. Modules that run
+  but whose output is discarded (some timm feature extractors run every block) are kept: replacing
+  them could break the shapes further on.
 """
 
 from __future__ import annotations
@@ -47,11 +52,10 @@ def build_encoder(name: str, depth: int, weights: str | None) -> tuple[nn.Module
 
 def _prune_and_find_last_conv(encoder: nn.Module) -> str:
     names = {module: name for name, module in encoder.named_modules()}
-    ran: list[str] = []
+    ran: list[str] = []  # every module whose forward was called, in the order they finished
     hooks = [
         module.register_forward_hook(lambda module, args, output: ran.append(names[module]))
         for module in encoder.modules()
-        if isinstance(module, nn.Conv2d)
     ]
     was_training = encoder.training
     encoder.eval()
@@ -62,20 +66,27 @@ def _prune_and_find_last_conv(encoder: nn.Module) -> str:
         for hook in hooks:
             hook.remove()
         encoder.train(was_training)
-    if not ran:
-        raise ValueError(f"encoder {type(encoder).__name__} runs no Conv2d; GradNorm needs a last shared conv layer")
 
+    # The last convolution whose weight reaches the returned features (some timm feature extractors
+    # run layers past the deepest feature they return; those get no gradient).
+    convs = [n for n in ran if isinstance(encoder.get_submodule(n), nn.Conv2d)]
+    reached = [n for n in convs if encoder.get_submodule(n).weight.grad is not None]
     unused = {id(p) for p in encoder.parameters() if p.grad is None}
     encoder.zero_grad(set_to_none=True)
-    # Replace the outermost modules whose every parameter went unused (their forward is never called);
-    # named_modules lists parents before children, so a replaced module's children are skipped.
+    if not reached:
+        raise ValueError(f"encoder {type(encoder).__name__} runs no Conv2d; GradNorm needs a last shared conv layer")
+
+    # A container may be iterated rather than called: it counts as run when any module inside it ran.
+    called = {".".join(n.split(".")[:i]) for n in ran for i in range(1, n.count(".") + 2)}
+    # Replace the outermost modules that never ran and whose parameters got no gradient. Modules that
+    # ran are kept even if their output goes unused: replacing them could change shapes further on.
     replaced: list[str] = []
     for name, module in list(encoder.named_modules()):
-        params = list(module.parameters())
-        if not name or not params or any(name.startswith(r + ".") for r in replaced):
+        if not name or name in called or any(name.startswith(r + ".") for r in replaced):
             continue
-        if all(id(p) in unused for p in params):
+        params = list(module.parameters())
+        if params and all(id(p) in unused for p in params):
             parent, _, child = name.rpartition(".")
             setattr(encoder.get_submodule(parent), child, nn.Identity())
             replaced.append(name)
-    return ran[-1]
+    return reached[-1]
