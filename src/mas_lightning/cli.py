@@ -24,6 +24,7 @@ RESOLVED_CONFIG = "resolved_config"
 
 COMMANDS: dict[str, str] = {
     "data": "mas_lightning.data.preview:data",
+    "fit": "mas_lightning.fit:fit",
 }
 
 

@@ -2,7 +2,9 @@
 
 from mas_lightning.methods.all_in_one import AllInOne
 from mas_lightning.methods.base import Method
+from mas_lightning.methods.hoa import HOA
 from mas_lightning.methods.mas import MAS
 from mas_lightning.methods.one_by_one import OneByOne
+from mas_lightning.methods.tag import TAG
 
-__all__ = ["MAS", "AllInOne", "Method", "OneByOne"]
+__all__ = ["HOA", "MAS", "TAG", "AllInOne", "Method", "OneByOne"]
