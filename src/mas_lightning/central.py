@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from mas_lightning.data.base import DataSource, Sample, hflip, make_loader
+from mas_lightning.errors import ConfigError
 from mas_lightning.model import MultiTaskModel
+from mas_lightning.tasks import parse_tasks
 
 
 class ClientUnion(Dataset):
@@ -87,7 +89,8 @@ class RandomHFlip(Callback):
 
 def central(
     data: DataSource,
-    model: MultiTaskModel,
+    tasks: str | list[str] = "sdnkt",
+    model: Callable[[tuple[str, ...]], MultiTaskModel] = MultiTaskModel,
     max_epochs: int = 10,
     max_steps: int = -1,
     batch_size: int = 64,
@@ -107,9 +110,10 @@ def central(
     """Train the multi-task model centrally on the union of all clients' data, then test it.
 
     Args:
-        data: where clients, validation and test data come from; set up for the model's tasks.
-        model: the multi-task model; its tasks choose the targets loaded and its optimiser settings
-            (lr, momentum, weight decay, poly decay) are used.
+        data: where clients, validation and test data come from; set up for ``tasks``.
+        tasks: task set, as letters ("sdnkt"), "all", or a list of names.
+        model: builds the multi-task model for the task names (after seeding, so its initial weights
+            are reproducible); its optimiser settings (lr, momentum, weight decay, poly decay) are used.
         max_epochs: passes over the pooled training data.
         max_steps: stop after this many optimiser steps (-1: no limit; for smoke runs).
         batch_size: samples per batch.
@@ -123,29 +127,38 @@ def central(
         log_every: log training losses every this many steps.
         logger: where training curves go: ``out/logs``.
         out: run folder.
-        seed: seeds data order, flips and Lightning's global RNGs (the model is built before, by the caller).
+        seed: seeds the model's initial weights, data order, flips and Lightning's global RNGs.
         resolved_config: filled by the CLI with the run's resolved config, saved as ``config.yaml``.
 
     Returns:
         The summary also written to ``out/summary.json``: final ``val`` and ``test`` figures, ``tasks``,
         ``train_samples`` and ``seconds``.
+
+    Raises:
+        ConfigError: invalid values, or data that lacks targets for some of the tasks.
     """
     if min(max_epochs, batch_size, val_every, log_every) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"max_epochs, batch_size, val_every and log_every must be >= 1; "
             f"got {max_epochs}, {batch_size}, {val_every}, {log_every}"
         )
+    try:
+        task_names = parse_tasks(tasks)
+    except ValueError as error:
+        raise ConfigError(f"tasks: {error}") from None
     lightning.seed_everything(seed, workers=True, verbose=False)
+    try:
+        module = model(task_names)
+        fed = data.setup(task_names)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    missing = [t for t in task_names if t not in fed.tasks]
+    if missing:
+        raise ConfigError(f"the data carries no targets for {missing}; it has {fed.tasks}, tasks are {task_names}")
     out.mkdir(parents=True, exist_ok=True)
     if resolved_config is not None:
         (out / "config.yaml").write_text(resolved_config)
 
-    fed = data.setup(model.tasks)
-    missing = [t for t in model.tasks if t not in fed.tasks]
-    if missing:
-        raise ValueError(
-            f"the data carries no targets for {missing}; it has {fed.tasks}, the model needs {model.tasks}"
-        )
     generator = torch.Generator().manual_seed(seed)
     train = make_loader(
         ClientUnion(fed.clients), batch_size, shuffle=True, generator=generator, num_workers=num_workers
@@ -172,12 +185,12 @@ def central(
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(model, train, val)
+    trainer.fit(module, train, val)
     seconds = time.perf_counter() - start
     validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    tested = trainer.test(model, test, verbose=False)[0]
+    tested = trainer.test(module, test, verbose=False)[0]
     summary = {
-        "tasks": list(model.tasks),
+        "tasks": list(task_names),
         "train_samples": len(train.dataset),  # type: ignore[arg-type]
         "seconds": seconds,
         "val": validated,

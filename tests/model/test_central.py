@@ -13,7 +13,9 @@ from model.model_fake_data import FakeSource, as_is
 
 from mas_lightning.central import ClientUnion, RandomHFlip, central
 from mas_lightning.data.base import TensorTaskDataset
+from mas_lightning.errors import ConfigError
 from mas_lightning.model import EqualWeighting, MultiTaskModel
+from mas_lightning.tasks import parse_tasks
 
 
 def test_client_union_fetches_in_the_requested_order() -> None:
@@ -38,20 +40,29 @@ def test_random_flip_changes_the_batch_in_place() -> None:
 
 
 def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = MultiTaskModel("sd", decoder_width=8)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = central(
-        FakeSource(size=32, per_client=4),
-        model,
-        max_epochs=1,
-        max_steps=2,
-        batch_size=4,
-        log_every=1,
-        accelerator="cpu",
-        out=tmp_path,
-        resolved_config="model: {}\n",
-    )
+    built: list[tuple[MultiTaskModel, dict[str, torch.Tensor]]] = []
+
+    def small_model(tasks: tuple[str, ...]) -> MultiTaskModel:
+        model = MultiTaskModel(tasks, decoder_width=8)
+        built.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return model
+
+    def run(out: Path) -> dict:
+        return central(
+            FakeSource(size=32, per_client=4),
+            "sd",
+            small_model,
+            max_epochs=1,
+            max_steps=2,
+            batch_size=4,
+            log_every=1,
+            accelerator="cpu",
+            out=out,
+            resolved_config="tasks: sd\n",
+        )
+
+    summary = run(tmp_path / "a")
+    model, before = built[0]
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoders.depth") for k in changed)
     assert summary["train_samples"] == 8
@@ -59,20 +70,27 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
     for key in ("test/loss", "test/segment_semantic/miou", "test/depth_zbuffer/abs_rel", "val/loss"):
         assert key in summary["test"] or key in summary["val"], key
     assert all(v == v for v in summary["test"].values())  # no NaN
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    assert (tmp_path / "config.yaml").read_text() == "model: {}\n"
-    restored = MultiTaskModel.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert json.loads((tmp_path / "a" / "summary.json").read_text()) == summary
+    assert (tmp_path / "a" / "config.yaml").read_text() == "tasks: sd\n"
+    assert "train/loss" in (tmp_path / "a" / "logs" / "metrics.csv").read_text()
+    restored = MultiTaskModel.load_from_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in restored.state_dict().items())
-    assert "train/loss" in (tmp_path / "logs" / "metrics.csv").read_text()
+
+    # Same seed, same run: the model is built after seeding, so initial weights and results repeat.
+    again = run(tmp_path / "b")
+    assert all(torch.equal(v, built[1][1][k]) for k, v in before.items())
+    assert again["test"] == summary["test"]
 
 
-def test_central_refuses_data_without_the_models_tasks(tmp_path: Path) -> None:
+def test_central_refuses_data_without_the_tasks(tmp_path: Path) -> None:
     class DepthOnly(FakeSource):
         def setup(self, tasks):  # noqa: ANN001, ANN202 - a data source that ignores the request
             return super().setup(["depth_zbuffer"])
 
-    with pytest.raises(ValueError, match=r"no targets for \['normal'\]"):
-        central(DepthOnly(), MultiTaskModel("dn", decoder_width=8), accelerator="cpu", out=tmp_path)
+    with pytest.raises(ConfigError, match=r"no targets for \['normal'\]"):
+        central(DepthOnly(), "dn", accelerator="cpu", out=tmp_path)
+    with pytest.raises(ConfigError, match="tasks: unknown task 'x'"):
+        central(DepthOnly(), "dx", accelerator="cpu", out=tmp_path)
 
 
 def test_shipped_config_fits_the_central_signature() -> None:
@@ -82,6 +100,8 @@ def test_shipped_config_fits_the_central_signature() -> None:
     parser = ArgumentParser()
     parser.add_function_arguments(central, fail_untyped=True, skip={"resolved_config"})
     built = parser.instantiate(parser.parse_object(config))
-    assert built.model.tasks == ("segment_semantic", "depth_zbuffer", "normal", "keypoints2d", "edge_texture")
-    assert isinstance(built.model.loss_weighting, EqualWeighting)
+    model = built.model(parse_tasks(built.tasks))
+    assert model.tasks == ("segment_semantic", "depth_zbuffer", "normal", "keypoints2d", "edge_texture")
+    assert isinstance(model.loss_weighting, EqualWeighting)
+    assert model.hparams.preset == "tiny" and model.hparams.lr == 0.1
     assert built.batch_size == 64 and built.out == Path("runs/central")
