@@ -52,6 +52,14 @@ def test_exact_matches_an_independent_sgd_step(train: bool) -> None:
     assert expected.diagonal().min() > 0 and expected.std() > 0.1
 
 
+def test_works_when_the_caller_disabled_gradients() -> None:
+    model = _warmed_model().train()
+    batch = toy_batch(model.tasks, dtype=torch.float64)
+    with torch.no_grad():
+        quiet = lookahead_affinity(model, batch, lr=0.3)
+    assert torch.equal(quiet, lookahead_affinity(model, batch, lr=0.3))
+
+
 def test_batch_norm_mode_changes_the_measurement() -> None:
     """Train mode uses batch statistics and eval mode running ones: the two must really differ here."""
     model = _warmed_model()

@@ -81,11 +81,14 @@ def lookahead_affinity(
     tasks = tuple(model.tasks)
     names, params = _shared_parameters(model)
 
-    with _measurement_sandbox(model, batch["rgb"].device) as fresh_forward:
+    # Gradients are needed even when the caller runs under no_grad (e.g. from an evaluation hook).
+    with _measurement_sandbox(model, batch["rgb"].device) as fresh_forward, torch.enable_grad():
         fresh_forward()
         before_all = _stacked_losses(model, model(batch["rgb"]), batch, tasks)
         before = before_all.detach()
         _check_positive(before, tasks)
+        # One backward per task, each through the encoder: on CPU this loop is as fast as a vmapped
+        # backward (is_grads_batched) and has no batching-rule gaps.
         grads = [
             torch.autograd.grad(before_all[i], params, retain_graph=i + 1 < len(tasks), allow_unused=True)
             for i in range(len(tasks))
