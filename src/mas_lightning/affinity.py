@@ -13,7 +13,7 @@ edited, gradients come from :func:`torch.autograd.grad`, and buffers and RNG are
 **BatchNorm mode.** The forwards run in whatever mode the model is in. During local training that is
 train mode, i.e. batch statistics: the gradient ``grad_i`` is the gradient of the batch-statistics loss,
 so the lookahead must evaluate that same function, or the affinity would mix the effect of the step with
-the gap between running and batch statistics (large early in training). Every forward starts from the
+the gap between running and batch statistics (which can be large early in training). Every forward starts from the
 original buffers and the original random state (same dropout masks before and after the step), and the
 buffers are put back at the end, so the running statistics never see the measurement.
 """
@@ -52,11 +52,13 @@ def lookahead_affinity(
 
     Cost, for T tasks: one forward and T backward passes always (the "before" forward is shared by all
     rows); ``exact`` adds T forwards, ``batched`` the same T forwards fused by ``torch.func.vmap``
-    (faster on accelerators, T times the activation memory), ``first_order`` none (error O(lr)).
-    ``max_samples`` measures on the first samples of the batch only.
+    (T times the activation memory; meant for accelerators: on CPU it measured no faster than ``exact``,
+    see ``experiments/bench_affinity.py``), ``first_order`` none (error O(lr)). ``max_samples`` measures
+    on the first samples of the batch only.
 
-    Works inside ``torch.autocast``; the losses and ``Z`` stay float32. Under float16 autocast the
-    gradients are not loss-scaled, so prefer bfloat16 there.
+    Works inside ``torch.autocast``; ``Z`` has the losses' dtype (float32 by the model contract). Under
+    float16 autocast the gradients are not loss-scaled, so prefer bfloat16 there. The random state is
+    kept for the CPU and the batch's CUDA device.
 
     Args:
         model: the multi-task model; its mode (train/eval) decides the BatchNorm statistics used.
