@@ -10,6 +10,7 @@ The history is saved in the checkpoint, so a resumed run decides the same split.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from torch import Tensor
 
 from mas_lightning.affinity import lookahead_affinity
 from mas_lightning.callbacks.artifacts import write_affinity
+
+log = logging.getLogger(__name__)
 
 
 class AffinityCallback:
@@ -63,10 +66,15 @@ class AffinityCallback:
         if not self._active or step % self.every:
             return
         settings = optimizer.param_groups[0]
-        with engine.fabric.autocast():
-            z = lookahead_affinity(model, batch, lr=float(settings["lr"]),
-                                   weight_decay=float(settings.get("weight_decay", 0.0)),
-                                   method=self.method, max_samples=self.max_samples)
+        try:
+            with engine.fabric.autocast():
+                z = lookahead_affinity(model, batch, lr=float(settings["lr"]),
+                                       weight_decay=float(settings.get("weight_decay", 0.0)),
+                                       method=self.method, max_samples=self.max_samples)
+        except ValueError as error:
+            # A task with zero loss on this batch (e.g. no labelled pixel) has no defined ratio: skip the batch.
+            log.debug("affinity not measured at step %d of client %d: %s", step, client, error)
+            return
         z = z.detach().double().cpu()
         self._client_sum = z if self._client_sum is None else self._client_sum + z
         self._client_count += 1

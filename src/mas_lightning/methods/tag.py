@@ -58,7 +58,7 @@ class TAG(Method):
         selection = tag_select(measured["matrix"], self.max_groups)
         groups = [tuple(order[i] for i in g) for g in selection.groups]
         serving = {order[t]: letters(tuple(order[i] for i in g)) for t, g in selection.served_by.items()}
-        meta = {"serving": serving, "objective": selection.objective, "optimal": selection.optimal}
+        meta = {"serving": serving, "objective": selection.objective}
         return Stage("tag/groups", groups, rounds, meta=meta)
 
     def serving(self, tasks: tuple[str, ...], history: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
