@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -31,12 +32,13 @@ _TITLES = {
     "mask": "mask",
 }
 # Categorical colours for the 18 classes, black for class 0 (no label).
+_DEPTH_COLOURS = colormaps["viridis"].with_extremes(bad="white")  # white: no surface (mask false)
 _SEG_COLOURS = ListedColormap(
     [(0.0, 0.0, 0.0)] + [tuple(c) for c in torch.rand(17, 3, generator=torch.Generator().manual_seed(3)).tolist()]
 )
 
 
-def _picture(key: str, value: Tensor) -> tuple[Tensor, dict]:
+def _picture(key: str, value: Tensor, mask: Tensor | None) -> tuple[Tensor, dict]:
     """An (H, W) or (H, W, 3) array for imshow, with its colour-map arguments."""
     value = value.detach().float().cpu()
     if key == "segment_semantic":
@@ -48,7 +50,10 @@ def _picture(key: str, value: Tensor) -> tuple[Tensor, dict]:
     if value.dim() == 3 and value.shape[0] == 3:
         return value.permute(1, 2, 0).clamp(0.0, 1.0), {}
     if key == "depth_zbuffer":
-        return value[0], {"cmap": "viridis", "vmin": float(value.min()), "vmax": float(value.max())}
+        depth = value[0] if mask is None else torch.where(mask.reshape(value.shape[-2:]).cpu(), value[0], torch.nan)
+        seen = depth[~depth.isnan()]
+        limits = (float(seen.min()), float(seen.max())) if len(seen) else (0.0, 1.0)
+        return depth, {"cmap": _DEPTH_COLOURS, "vmin": limits[0], "vmax": limits[1]}
     return value.reshape(value.shape[-2:]), {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
 
 
@@ -70,7 +75,7 @@ def contact_sheet(batch: dict[str, Tensor], path: Path, max_samples: int = 6) ->
     axes = figure.subplots(rows, len(columns), squeeze=False)
     for r in range(rows):
         for c, key in enumerate(columns):
-            image, kwargs = _picture(key, batch[key][r])
+            image, kwargs = _picture(key, batch[key][r], batch["mask"][r] if "mask" in batch else None)
             axes[r, c].imshow(image.numpy(), **kwargs)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])

@@ -82,7 +82,7 @@ class MiniTaskonomy(DataSource):
         self.images_per_client = _positive_int("images_per_client", images_per_client)
         if isinstance(size_ratio, bool) or not isinstance(size_ratio, (int, float)) or not 1.0 <= size_ratio < math.inf:
             raise ValueError(f"size_ratio={size_ratio!r}; expected a number >= 1 (largest / smallest client)")
-        if images_per_client / size_ratio < 1.0:
+        if clients > 1 and images_per_client / size_ratio < 1.0:
             raise ValueError(
                 f"images_per_client={images_per_client} / size_ratio={size_ratio} leaves the smallest client "
                 "with less than one image; raise images_per_client or lower size_ratio"

@@ -1,0 +1,134 @@
+"""MiniTaskonomy as a data source: client sizes, disjoint splits, argument checks and the disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from mas_lightning.data.base import FederatedData, TensorTaskDataset
+from mas_lightning.data.minitaskonomy import MiniTaskonomy, source
+from mas_lightning.data.minitaskonomy.cache import MANIFEST, cache_key
+
+TINY = dict(clients=3, images_per_client=8, size_ratio=2.0, eval_images_per_building=4, resolution=32)
+
+
+class RenderCounter:
+    """Counts the buildings rendered, by wrapping the module's renderer."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.original = source.render_scenes
+        monkeypatch.setattr(source, "render_scenes", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.original(*args, **kwargs)
+
+
+def image_hashes(dataset: TensorTaskDataset) -> list[str]:
+    rgb = dataset.arrays["rgb"]
+    return [hashlib.sha256(rgb[i].numpy().tobytes()).hexdigest() for i in range(len(rgb))]
+
+
+def test_client_sizes_are_skewed_as_configured():
+    assert source.client_sizes(8, 128, 4.0) == [128, 105, 86, 71, 58, 48, 39, 32]
+    assert source.client_sizes(5, 100, 10.0)[-1] == 10
+    assert source.client_sizes(1, 7, 4.0) == [7]
+
+
+@pytest.mark.parametrize("split", ["buildings", "images"])
+def test_setup_splits_share_no_image(tmp_path, split):
+    data = MiniTaskonomy(**TINY, split=split, holdout_fraction=0.25, cache_dir=tmp_path).setup("sdn")
+    assert isinstance(data, FederatedData)
+    assert data.tasks == ("segment_semantic", "depth_zbuffer", "normal") and data.resolution == 32
+    groups = [image_hashes(c) for c in data.clients] + [image_hashes(data.val), image_hashes(data.test)]
+    everything = [h for group in groups for h in group]
+    assert len(everything) == len(set(everything))  # no image twice, within or across splits
+    if split == "buildings":
+        assert data.client_sizes == [8, 6, 4]
+        assert len(data.val) == len(data.test) == 2 * 4
+    else:  # a quarter of each building's images held out, alternating between validation and test
+        assert data.client_sizes == [6, 4, 3]
+        assert len(data.val) == 3 and len(data.test) == 2
+    batch = data.clients[0].__getitems__([0, 1])
+    assert set(batch) == {"rgb", "mask", "segment_semantic", "depth_zbuffer", "normal"}
+    assert batch["rgb"].shape == (2, 3, 32, 32) and batch["segment_semantic"].dtype == torch.int64
+
+
+def test_second_setup_reads_the_cache_without_rendering(tmp_path, monkeypatch):
+    counter = RenderCounter(monkeypatch)
+    first = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("all")
+    assert counter.calls == 3 + 2 + 2  # clients, validation and test buildings
+    second = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("all")
+    assert counter.calls == 7
+    for a, b in zip(first.clients + [first.val, first.test], second.clients + [second.val, second.test]):
+        assert all(torch.equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
+
+
+def test_a_changed_parameter_gets_its_own_cache(tmp_path, monkeypatch):
+    counter = RenderCounter(monkeypatch)
+    base = MiniTaskonomy(**TINY, cache_dir=tmp_path)
+    changed = MiniTaskonomy(**{**TINY, "seed": 1}, cache_dir=tmp_path)
+    assert cache_key(base.params()) != cache_key(changed.params())
+    assert cache_key(base.params()) != cache_key({**base.params(), "holdout_fraction": 0.3})
+    base.setup("s")
+    calls = counter.calls
+    other = changed.setup("s")
+    assert counter.calls == 2 * calls  # rendered again, not served from the first cache
+    assert len(list((tmp_path / "minitaskonomy").iterdir())) == 2
+    assert not torch.equal(base.setup("s").clients[0].arrays["rgb"], other.clients[0].arrays["rgb"])
+
+
+@pytest.mark.parametrize("damage", ["manifest", "truncate", "missing"])
+def test_a_half_written_cache_is_rebuilt_not_read(tmp_path, monkeypatch, damage):
+    counter = RenderCounter(monkeypatch)
+    reference = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("d").clients[1].arrays["depth_zbuffer"].clone()
+    folder = next((tmp_path / "minitaskonomy").iterdir())
+    victim = folder / "building01.pt"
+    if damage == "manifest":
+        (folder / MANIFEST).unlink()
+    elif damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    else:
+        victim.unlink()
+    calls = counter.calls
+    rebuilt = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("d")
+    assert counter.calls == 2 * calls
+    assert torch.equal(rebuilt.clients[1].arrays["depth_zbuffer"], reference)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["files"]["building01.pt"] == victim.stat().st_size
+    assert not [p for p in tmp_path.joinpath("minitaskonomy").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAS_LIGHTNING_CACHE", str(tmp_path / "here"))
+    assert MiniTaskonomy().cache_dir == tmp_path / "here"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clients": 0}, "clients=0"),
+        ({"images_per_client": 2.5}, "images_per_client=2.5"),
+        ({"size_ratio": 0.5}, "size_ratio=0.5"),
+        ({"images_per_client": 3, "size_ratio": 4.0}, "smallest client"),
+        ({"val_buildings": 0}, "val_buildings=0"),
+        ({"eval_images_per_building": -1}, "eval_images_per_building=-1"),
+        ({"split": "rooms"}, "split='rooms'"),
+        ({"holdout_fraction": 1.0}, "holdout_fraction=1.0"),
+        ({"split": "images", "clients": 1, "images_per_client": 2}, "fewer than 2 images"),
+        ({"resolution": 40}, "resolution=40"),
+        ({"seed": -1}, "seed=-1"),
+    ],
+)
+def test_bad_arguments_name_the_value_and_the_accepted_range(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        MiniTaskonomy(**kwargs)
+
+
+def test_unknown_task_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("sx")
