@@ -140,7 +140,9 @@ class GradNorm(LossWeighting):
         # and no second-order graph (create_graph) is needed.
         norms = []
         for loss in losses:
-            (grad,) = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            grad = None
+            if loss.requires_grad:  # a constant loss (no graph) has no gradient: norm 0
+                (grad,) = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
             norms.append(grad.float().norm() if grad is not None else torch.zeros((), device=shared.device))
         norm = torch.stack(norms).to(self.weights.device)
         values = torch.stack([loss.detach().float() for loss in losses]).to(self.weights.device)
