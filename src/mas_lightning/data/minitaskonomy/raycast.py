@@ -1,14 +1,8 @@
-"""Vectorised ray casting: one ray per pixel against the room and every object slot at once.
+"""Per-pixel geometry of the nearest surface: depth, normals, curvature and texture coordinates.
 
-Tensors are laid out (scenes, slot, pixel) so each primitive kind costs a handful of whole-batch
-elementwise ops: no Python loop runs over pixels or objects. The nearest hit is a ``min`` over slots;
-the hit's attributes (frame, size, appearance) are then gathered per pixel and turned into geometry.
-
-Speed note: on CPU, comparisons, ``torch.where`` and index-returning reductions are several times slower
-than float arithmetic, so conditions are carried as float masks built by :func:`step`, misses are
-pushed ``MISS`` metres away instead of to infinity (keeping every value finite), and selections are
-``lerp``\\ s. Rays are unit length: ``t`` is the distance and z-depth is ``t`` times the ray's cosine to
-the optical axis.
+:func:`cast` finds the nearest surface of every pixel (``intersect.py``), gathers that surface's
+attributes (frame, size, kind, appearance) with one ``gather``, and derives the geometric labels from
+the hit point in the surface's own frame, so every label comes from the same 3-D hit.
 """
 
 from __future__ import annotations
@@ -18,35 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mas_lightning.data.minitaskonomy.intersect import MAX_RANGE, nearest_surface, step
 from mas_lightning.data.minitaskonomy.scenes import Scenes
 from mas_lightning.data.minitaskonomy.styles import CEILING, FLOOR, WALL
-
-MAX_RANGE = 30.0
-"""Metres; a ray that hits nothing nearer (it left through a window) gives an invalid pixel."""
-MISS = 1.0e9
-"""Distance added to a missed intersection: far beyond any room, yet finite so that masks can multiply."""
-_ROW_BITS = 15  # surface rows are packed into 4 bits: 3 room rows + at most 13 object slots
-_FAR = 1.0e6  # empty slots are moved this far away, so they are never the nearest hit within range
-
-
-NEAR = 1e-4
-"""Metres; intersections closer than this to the ray origin do not count."""
-
-
-def step(x: Tensor) -> Tensor:
-    """1.0 where ``x > 0``, else 0.0, as float (a fast stand-in for ``(x > 0).float()`` on finite x)."""
-    return x.mul(1e30).clamp_(0.0, 1.0)
-
-
-def _sqrt(x: Tensor) -> Tensor:
-    """Square root of the non-negative part; exact zeros are avoided because they hit a slow CPU path."""
-    return x.clamp_min(1e-20).sqrt_()
-
-
-def _finish(t: Tensor, miss: Tensor) -> Tensor:
-    """Distances with misses (``miss`` >= 1) pushed to at least ``2 * MISS``; every result is >= 0, which
-    the nearest-slot packing in :func:`cast` relies on."""
-    return t.clamp_(-MISS, MISS).add_(miss, alpha=3 * MISS)
 
 
 @dataclass
@@ -76,102 +44,6 @@ class Hits:
     uv: Tensor
     label: Tensor
     appearance: Tensor
-
-
-def camera_basis(yaw: Tensor, pitch: Tensor) -> Tensor:
-    """(n, 3, 3) rows: the camera's right, up and backward axes in world coordinates."""
-    cy, sy, cp, sp = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin()
-    back = -torch.stack([sy * cp, sp, cy * cp], 1)
-    right = torch.stack([-cy, torch.zeros_like(yaw), sy], 1)
-    up = torch.linalg.cross(back, right)
-    return torch.stack([right, up, back], 1)
-
-
-def camera_rays(scenes: Scenes, resolution: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Unit world rays (n, 3, P), their z-depth per unit length (n, P) and the camera basis (n, 3, 3)."""
-    axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) * (2.0 / resolution) - 1.0
-    tan = torch.tan(scenes.fov / 2)[:, None]
-    x = tan * axis.repeat(resolution)[None]
-    y = tan * -axis.repeat_interleave(resolution)[None]
-    depth_per_length = torch.rsqrt(x * x + y * y + 1.0)
-    cam = torch.stack([x, y, -torch.ones_like(x)], 1) * depth_per_length[:, None]
-    basis = camera_basis(scenes.yaw, scenes.pitch)
-    # A component that is exactly zero would turn a slab distance into -inf; a nudge changes no pixel.
-    rays = (basis.transpose(1, 2) @ cam).add_(1e-12)
-    return rays, depth_per_length, basis
-
-
-def _room(origin: Tensor, rays: Tensor, scenes: Scenes) -> tuple[Tensor, Tensor]:
-    """Distance to the room's inner surface along each ray (pushed by ``MISS`` through a window) and the
-    surface row hit: 0 floor, 1 ceiling, 2 wall."""
-    ahead = step(rays)  # which wall of each axis the ray runs towards
-    per_axis = (scenes.room[:, :, None] * ahead - origin) / rays
-    t = per_axis.amin(1)
-    on_y = 1.0 - step(per_axis[:, 1] - t)
-    on_x = 1.0 - step(per_axis[:, 0] - t)
-    point = torch.addcmul(origin, rays, t[:, None])
-    along = torch.lerp(point[:, 0], point[:, 2], on_x)
-    height = point[:, 1]
-    # Wall code 0: x=0, 1: x=W, 2: z=0, 3: z=D, and -10 on floor and ceiling (matches no window).
-    wall = torch.lerp(2.0 + ahead[:, 2], ahead[:, 0], on_x) - 12.0 * on_y
-    opening = torch.zeros_like(t)
-    for k in range(scenes.windows.shape[1]):  # a loop over the two window slots, not over pixels
-        code, u0, u1, y0, y1 = scenes.windows[:, k, :, None].unbind(1)
-        same_wall = step(0.5 - (wall - code).abs_())
-        across = step((u1 - u0) / 2 - (along - (u0 + u1) / 2).abs_())
-        upright = step((y1 - y0) / 2 - (height - (y0 + y1) / 2).abs_())
-        opening += same_wall * across * upright
-    row = 2.0 - on_y * (2.0 - ahead[:, 1])
-    return t.add_(opening, alpha=3 * MISS), row
-
-
-def _boxes(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor, turn: Tensor) -> Tensor:
-    """Slab test against boxes turned about the vertical axis: (n, K, P) distances."""
-    cos, sin = turn.cos(), turn.sin()
-    rel = origin[:, None, :, 0] - center
-    ox, oy, oz = cos * rel[..., 0] - sin * rel[..., 2], rel[..., 1], sin * rel[..., 0] + cos * rel[..., 2]
-    zero = torch.zeros_like(cos)
-    rotation = torch.stack([torch.stack([cos, zero, -sin], 2), torch.stack([sin, zero, cos], 2)], 1)
-    dxz = (rotation.flatten(1, 2) @ rays).unflatten(1, (2, -1)).reciprocal_()
-    near = far = None
-    for o, inverse, h in (
-        (ox, dxz[:, 0], half[..., 0]),
-        (oz, dxz[:, 1], half[..., 2]),
-        (oy, rays[:, 1:2].reciprocal(), half[..., 1]),
-    ):
-        t1 = (-h - o)[..., None] * inverse
-        t2 = (h - o)[..., None] * inverse
-        lo, hi = torch.minimum(t1, t2), torch.maximum(t1, t2)
-        near = lo if near is None else torch.maximum(near, lo)
-        far = hi if far is None else torch.minimum(far, hi)
-    return _finish(near, step(near - far).add_(step(NEAR - near)))
-
-
-def _spheres(origin: Tensor, rays: Tensor, center: Tensor, radius: Tensor) -> Tensor:
-    """Nearest positive root of |o + t d - c|^2 = r^2 per sphere: (n, K, P) distances."""
-    oc = origin[:, None, :, 0] - center
-    b = oc @ rays
-    c = ((oc * oc).sum(2) - radius * radius)[..., None]
-    disc = torch.addcmul(-c, b, b)
-    t = _sqrt(disc).add_(b).neg_()
-    return _finish(t, step(-disc).add_(step(NEAR - t)))
-
-
-def _cylinders(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor) -> Tensor:
-    """Vertical capped cylinders: the side between the caps or the top disc (bottoms rest on the floor)."""
-    oc = origin[:, None, :, 0] - center
-    radius, height = half[..., 0:1], half[..., 1:2]
-    b = (oc * torch.tensor([1.0, 0.0, 1.0])) @ rays
-    a = rays[:, 0:1] ** 2 + rays[:, 2:3] ** 2
-    c = (oc[..., 0:1] ** 2 + oc[..., 2:3] ** 2) - radius * radius
-    disc = torch.addcmul(b * b, a, c, value=-1.0)
-    side = _sqrt(disc).add_(b).neg_().div_(a)
-    y = torch.addcmul(oc[..., 1:2], side, rays[:, 1:2])
-    side = _finish(side, step(-disc).add_(step(NEAR - side)).add_(step(y.abs_().sub_(height))))
-    cap = (height - oc[..., 1:2]) * rays[:, 1:2].reciprocal()
-    outside_disc = torch.addcmul(2 * b, cap, a).mul_(cap).add_(c)
-    cap = _finish(cap, step(outside_disc).add_(step(NEAR - cap)))
-    return torch.minimum(side, cap)
 
 
 def _dominant(magnitude: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,36 +79,15 @@ def _attribute_table(scenes: Scenes) -> Tensor:
 
 def cast(scenes: Scenes, resolution: int) -> Hits:
     """Cast one ray per pixel of a ``resolution`` x ``resolution`` image for every scene."""
-    if sum(scenes.slots) > _ROW_BITS - 2:
-        raise ValueError(f"at most {_ROW_BITS - 2} object slots per scene can be cast; got slots={scenes.slots}")
-    scenes = scenes.compact()
-    rays, depth_per_length, basis = camera_rays(scenes, resolution)
+    nearest = nearest_surface(scenes, resolution)
+    scenes, rays, basis = nearest.scenes, nearest.rays, nearest.basis
     origin = scenes.camera[:, :, None]
-    nb, ns, nc = scenes.slots
-    center = torch.where(scenes.label[..., None] > 0, scenes.center, _FAR)
-    half, turn = scenes.half, scenes.turn
-    t_room, room_row = _room(origin, rays, scenes)
-    parts = [t_room[:, None]]
-    if nb:
-        parts.append(_boxes(origin, rays, center[:, :nb], half[:, :nb], turn[:, :nb]))
-    if ns:
-        parts.append(_spheres(origin, rays, center[:, nb : nb + ns], half[:, nb : nb + ns, 0]))
-    if nc:
-        parts.append(_cylinders(origin, rays, center[:, nb + ns :], half[:, nb + ns :]))
-    # Nearest slot without argmin (slow on CPU): distances are >= 0, so their float bits order like
-    # integers; the low 4 mantissa bits (a relative 2e-6) are replaced by the surface row, and one
-    # integer amin yields both the distance and the row of the nearest surface.
-    packed = torch.cat(parts, 1).view(torch.int32).bitwise_and_(~_ROW_BITS)
-    packed[:, 0] |= room_row.to(torch.int32)
-    packed[:, 1:] |= torch.arange(3, 2 + packed.shape[1], dtype=torch.int32)[:, None]
-    nearest = packed.amin(1)
-    row = (nearest & _ROW_BITS).long()
-    t = (nearest & ~_ROW_BITS).view(torch.float32)
-    valid = 1.0 - step(t - MAX_RANGE)
+    valid = 1.0 - step(nearest.t - MAX_RANGE)
+    row = nearest.row
     table = _attribute_table(scenes)
     attrs = torch.gather(table, 2, row[:, None].expand(-1, _COLUMNS, -1))
 
-    t = t * valid
+    t = nearest.t * valid
     point = torch.addcmul(origin, rays, t[:, None])
     q = point - attrs[:, 0:3]
     cos, sin = attrs[:, 6], attrs[:, 7]
@@ -262,7 +113,7 @@ def cast(scenes: Scenes, resolution: int) -> Hits:
     uv = torch.stack([torch.lerp(lx, lz, across_x), torch.lerp(ly, lz, across_y)], 1)
     return Hits(
         valid=valid,
-        z=t * depth_per_length,
+        z=t * nearest.depth_per_length,
         point=point,
         ray=rays,
         normal=normal,
