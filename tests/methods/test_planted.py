@@ -76,10 +76,18 @@ def _one_thread():
 
 def test_copies_attract_and_adversary_is_isolated(tmp_path: Path) -> None:
     method = MAS(split_round=3, max_groups=2, lookahead_every=1, affinity_window=3)
-    summary = fit(data=SyntheticData(clients=4, sizes=(16,), resolution=16), tasks=[*COPIES, ADVERSARY],
-                  method=method, model=PlantedModel, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-                  rounds=4, engine=FederatedConfig(clients_per_round=2, batch_size=8, local_steps=3),
-                  logger="csv", out=tmp_path, name="planted")
+    summary = fit(
+        data=SyntheticData(clients=4, sizes=(16,), resolution=16),
+        tasks=[*COPIES, ADVERSARY],
+        method=method,
+        model=PlantedModel,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+        rounds=4,
+        engine=FederatedConfig(clients_per_round=2, batch_size=8, local_steps=3),
+        logger="csv",
+        out=tmp_path,
+        name="planted",
+    )
 
     affinity = method.affinity
     assert affinity.tasks == ("depth_zbuffer", "keypoints2d", "edge_texture")
