@@ -39,10 +39,13 @@ def _sqrt(x: Tensor) -> Tensor:
     return x.clamp_min(1e-20).sqrt_()
 
 
-def _finish(t: Tensor, miss: Tensor) -> Tensor:
-    """Distances with misses (``miss`` >= 1) pushed to at least ``2 * MISS``; every result is >= 0, which
-    the nearest-slot packing in :func:`nearest_surface` relies on."""
-    return t.clamp_(-MISS, MISS).add_(miss, alpha=3 * MISS)
+def _finish(t: Tensor, margin: Tensor) -> Tensor:
+    """Distances where ``margin > 0`` (a miss) pushed to at least ``2 * MISS``.
+
+    Every result is >= 0, which the nearest-slot packing in :func:`nearest_surface` relies on. ``margin``
+    is consumed (modified in place).
+    """
+    return t.clamp_(-MISS, MISS).add_(margin.mul_(1e30).clamp_(0.0, 1.0), alpha=3 * MISS)
 
 
 @dataclass
@@ -90,27 +93,26 @@ def camera_rays(scenes: Scenes, resolution: int) -> tuple[Tensor, Tensor, Tensor
 
 
 def _room(origin: Tensor, rays: Tensor, scenes: Scenes) -> tuple[Tensor, Tensor]:
-    """Distance to the room's inner surface along each ray (pushed by ``MISS`` through a window) and the
+    """Distance to the room's inner surface along each ray (pushed past ``MISS`` through a window) and the
     surface row hit: 0 floor, 1 ceiling, 2 wall."""
-    ahead = step(rays)  # which wall of each axis the ray runs towards
-    per_axis = (scenes.room[:, :, None] * ahead - origin) / rays
+    inverse = rays.reciprocal()
+    # Per axis the ray leaves through the wall it runs towards: the larger of the two plane distances.
+    per_axis = torch.maximum(-origin * inverse, (scenes.room[:, :, None] - origin) * inverse)
     t = per_axis.amin(1)
-    on_y = 1.0 - step(per_axis[:, 1] - t)
-    on_x = 1.0 - step(per_axis[:, 0] - t)
     point = torch.addcmul(origin, rays, t[:, None])
-    along = torch.lerp(point[:, 0], point[:, 2], on_x)
-    height = point[:, 1]
-    # Wall code 0: x=0, 1: x=W, 2: z=0, 3: z=D, and -10 on floor and ceiling (matches no window).
-    wall = torch.lerp(2.0 + ahead[:, 2], ahead[:, 0], on_x) - 12.0 * on_y
-    opening = torch.zeros_like(t)
-    for k in range(scenes.windows.shape[1]):  # a loop over the two window slots, not over pixels
-        code, u0, u1, y0, y1 = scenes.windows[:, k, :, None].unbind(1)
-        same_wall = step(0.5 - (wall - code).abs_())
-        across = step((u1 - u0) / 2 - (along - (u0 + u1) / 2).abs_())
-        upright = step((y1 - y0) / 2 - (height - (y0 + y1) / 2).abs_())
-        opening += same_wall * across * upright
-    row = 2.0 - on_y * (2.0 - ahead[:, 1])
-    return t.add_(opening, alpha=3 * MISS), row
+    # Windows: the exit point lies on the window's wall plane, within its width and height.
+    code, u0, u1, y0, y1 = scenes.windows[..., None].unbind(2)  # each (n, W, 1)
+    on_z_wall = (code >= 2).float()
+    plane = torch.where(code == 1, scenes.room[:, 0:1, None], torch.where(code == 3, scenes.room[:, 2:3, None], 0.0))
+    plane = torch.where(code < 0, -1.0, plane)  # no window: a plane outside the room, never reached
+    x, height, z = point[:, 0:1], point[:, 1:2], point[:, 2:3]
+    off_wall = torch.lerp(x, z, on_z_wall).sub_(plane).abs_().sub_(1e-3)
+    across = torch.lerp(z, x, on_z_wall).sub_((u0 + u1) / 2).abs_().sub_((u1 - u0) / 2)
+    upright = (height - (y0 + y1) / 2).abs_().sub_((y1 - y0) / 2)
+    outside = torch.maximum(torch.maximum(off_wall, across), upright).amin(1)  # < 0: in some window
+    on_y = 1.0 - step(per_axis[:, 1] - t)
+    row = 2.0 - on_y * (2.0 - step(rays[:, 1]))
+    return t.add_(step(outside.neg_()), alpha=3 * MISS), row
 
 
 def _boxes(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor, turn: Tensor) -> Tensor:
@@ -129,10 +131,13 @@ def _boxes(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor, turn: Ten
     ):
         t1 = (-h - o)[..., None] * inverse
         t2 = (h - o)[..., None] * inverse
-        lo, hi = torch.minimum(t1, t2), torch.maximum(t1, t2)
-        near = lo if near is None else torch.maximum(near, lo)
-        far = hi if far is None else torch.minimum(far, hi)
-    return _finish(near, step(near - far).add_(step(NEAR - near)))
+        if near is None:
+            near, far = torch.minimum(t1, t2), torch.maximum(t1, t2)
+        else:
+            near = torch.maximum(near, torch.minimum(t1, t2), out=near)
+            far = torch.minimum(far, torch.maximum(t1, t2, out=t2), out=far)
+    margin = torch.maximum(far.sub_(near).neg_(), NEAR - near)  # > 0: the slabs do not overlap ahead
+    return _finish(near, margin)
 
 
 def _spheres(origin: Tensor, rays: Tensor, center: Tensor, radius: Tensor) -> Tensor:
@@ -142,7 +147,7 @@ def _spheres(origin: Tensor, rays: Tensor, center: Tensor, radius: Tensor) -> Te
     c = ((oc * oc).sum(2) - radius * radius)[..., None]
     disc = torch.addcmul(-c, b, b)
     t = _sqrt(disc).add_(b).neg_()
-    return _finish(t, step(-disc).add_(step(NEAR - t)))
+    return _finish(t, torch.maximum(disc.neg_(), NEAR - t))
 
 
 def _cylinders(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor) -> Tensor:
@@ -155,11 +160,12 @@ def _cylinders(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor) -> Te
     disc = torch.addcmul(b * b, a, c, value=-1.0)
     side = _sqrt(disc).add_(b).neg_().div_(a)
     y = torch.addcmul(oc[..., 1:2], side, rays[:, 1:2])
-    side = _finish(side, step(-disc).add_(step(NEAR - side)).add_(step(y.abs_().sub_(height))))
+    side_margin = torch.maximum(torch.maximum(disc.neg_(), NEAR - side), y.abs_().sub_(height))
+    side = _finish(side, side_margin)
     cap = (height - oc[..., 1:2]) * rays[:, 1:2].reciprocal()
     outside_disc = torch.addcmul(2 * b, cap, a).mul_(cap).add_(c)
-    cap = _finish(cap, step(outside_disc).add_(step(NEAR - cap)))
-    return torch.minimum(side, cap)
+    cap = _finish(cap, torch.maximum(outside_disc, NEAR - cap))
+    return torch.minimum(side, cap, out=side)
 
 
 def nearest_surface(scenes: Scenes, resolution: int) -> Nearest:
@@ -172,6 +178,10 @@ def nearest_surface(scenes: Scenes, resolution: int) -> Nearest:
     nb, ns, nc = scenes.slots
     center = torch.where(scenes.label[..., None] > 0, scenes.center, _FAR)
     half, turn = scenes.half, scenes.turn
+    # Nearest slot without argmin (slow on CPU): distances are >= 0, so their float bits order like
+    # integers; the low 4 mantissa bits (a relative 2e-6) are replaced by the surface row, and one
+    # integer amin yields both the distance and the row of the nearest surface.
+    packed = torch.empty(len(scenes), 1 + nb + ns + nc, rays.shape[2], dtype=torch.int32)
     t_room, room_row = _room(origin, rays, scenes)
     parts = [t_room[:, None]]
     if nb:
@@ -180,12 +190,12 @@ def nearest_surface(scenes: Scenes, resolution: int) -> Nearest:
         parts.append(_spheres(origin, rays, center[:, nb : nb + ns], half[:, nb : nb + ns, 0]))
     if nc:
         parts.append(_cylinders(origin, rays, center[:, nb + ns :], half[:, nb + ns :]))
-    # Nearest slot without argmin (slow on CPU): distances are >= 0, so their float bits order like
-    # integers; the low 4 mantissa bits (a relative 2e-6) are replaced by the surface row, and one
-    # integer amin yields both the distance and the row of the nearest surface.
-    packed = torch.cat(parts, 1).view(torch.int32).bitwise_and_(~_ROW_BITS)
-    packed[:, 0] |= room_row.to(torch.int32)
-    packed[:, 1:] |= torch.arange(3, 2 + packed.shape[1], dtype=torch.int32)[:, None]
+    start = 0
+    for part in parts:
+        torch.bitwise_and(part.view(torch.int32), ~_ROW_BITS, out=packed[:, start : start + part.shape[1]])
+        start += part.shape[1]
+    packed[:, 0].bitwise_or_(room_row.to(torch.int32))
+    packed[:, 1:].bitwise_or_(torch.arange(3, 2 + packed.shape[1], dtype=torch.int32)[:, None])
     nearest = packed.amin(1)
     row = (nearest & _ROW_BITS).long()
     t = (nearest & ~_ROW_BITS).view(torch.float32)
