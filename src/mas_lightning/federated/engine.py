@@ -141,6 +141,8 @@ class FederatedEngine:
             "val": {},
             "test": {},
         }
+        if stage.meta:  # what the method decided before the stage (e.g. TAG/HOA serving), read back by serving()
+            result["meta"] = stage.meta
         for group, weights in zip(state["groups"], state["weights"], strict=True):
             model = self.load_global(group, weights)
             result["val"][letters(group)] = self.evaluate(model, self.data.val)
