@@ -91,26 +91,35 @@ def cast(scenes: Scenes, resolution: int) -> Hits:
     point = torch.addcmul(origin, rays, t[:, None])
     q = point - attrs[:, 0:3]
     cos, sin = attrs[:, 6], attrs[:, 7]
-    local = torch.stack([cos * q[:, 0] - sin * q[:, 2], q[:, 1], sin * q[:, 0] + cos * q[:, 2]], 1)
+    local = torch.empty_like(q)  # q turned into the surface's own frame (rotation about y)
+    torch.mul(cos, q[:, 0], out=local[:, 0]).addcmul_(sin, q[:, 2], value=-1.0)
+    local[:, 1] = q[:, 1]
+    torch.mul(sin, q[:, 0], out=local[:, 2]).addcmul_(cos, q[:, 2])
     unit = local * attrs[:, 3:6]  # the hit in units of the half extents: on a sphere, its normal
     facing, sphere, cylinder = attrs[:, 8], attrs[:, 9], attrs[:, 10]
     magnitude = unit.abs()
     is_x, is_y = _dominant(magnitude)
-    box_normal = unit.sign() * torch.stack([is_x, is_y, 1.0 - is_x - is_y], 1)
-    round_normal = unit * torch.stack([torch.ones_like(sphere), sphere, torch.ones_like(sphere)], 1)
+    box_normal = unit.sign()
+    box_normal[:, 0].mul_(is_x)  # in place on views: `x[:, 0] *= y` would add a copy-back
+    box_normal[:, 1].mul_(is_y)
+    box_normal[:, 2].mul_(1.0 - is_x - is_y)
     on_cap = step(magnitude[:, 1] - (1.0 - 1e-3))
     flat = 1.0 - sphere - cylinder * (1.0 - on_cap)
-    n_local = torch.lerp(round_normal, box_normal, flat[:, None]).mul_((facing * valid)[:, None])
-    n_local = n_local * torch.rsqrt((n_local * n_local).sum(1, keepdim=True).clamp_min(1e-12))
+    unit[:, 1].mul_(sphere)  # round surfaces: spheres keep all of it, cylinder sides are radial in xz
+    # Box and room normals are exact axes; round ones are unit up to rounding of the hit point (< 1e-4).
+    n_local = torch.lerp(unit, box_normal, flat[:, None]).mul_((facing * valid)[:, None])
     nx, ny, nz = n_local.unbind(1)
-    normal = torch.stack([cos * nx + sin * nz, ny, cos * nz - sin * nx], 1)
+    normal = torch.empty_like(n_local)
+    torch.mul(cos, nx, out=normal[:, 0]).addcmul_(sin, nz)
+    normal[:, 1] = ny
+    torch.mul(cos, nz, out=normal[:, 2]).addcmul_(sin, nx, value=-1.0)
 
     inv_radius = attrs[:, 3] * valid
     curvature = torch.stack([inv_radius * (1.0 - flat), inv_radius * sphere], 1)
-    # Texture coordinates: the two local coordinates across the dominant normal axis.
-    across_x, across_y = _dominant(n_local.abs())
+    # Texture coordinates: the two local coordinates across the dominant axis of the hit (for a cylinder
+    # side near its ends that is y, which maps the top view onto the side: fine for a procedural texture).
     lx, ly, lz = local.unbind(1)
-    uv = torch.stack([torch.lerp(lx, lz, across_x), torch.lerp(ly, lz, across_y)], 1)
+    uv = torch.stack([torch.lerp(lx, lz, is_x), torch.lerp(ly, lz, is_y)], 1)
     return Hits(
         valid=valid,
         z=t * nearest.depth_per_length,
