@@ -25,6 +25,7 @@ RESOLVED_CONFIG = "resolved_config"
 COMMANDS: dict[str, str] = {
     "data": "mas_lightning.data.preview:data",
     "fit": "mas_lightning.fit:fit",
+    "central": "mas_lightning.central:central",
 }
 
 
