@@ -38,17 +38,26 @@ def plot_affinity(tasks: Sequence[str], matrix: Tensor, path: Path) -> Path:
 
     labels = [f"{TASKS[t].letter} {t}" for t in tasks]
     values = matrix.double().numpy()
-    limit = float(abs(values).max()) or 1.0
+    # The diagonal (a task's step onto itself) is much larger than the cross-task entries that decide the
+    # split, so the colour scale follows the off-diagonal entries and the diagonal is drawn grey.
+    off = values[~torch.eye(len(tasks), dtype=torch.bool).numpy()]
+    limit = float(abs(off).max()) if off.size and abs(off).max() > 0 else 1.0
+    shown = values.copy()
+    shown[torch.eye(len(tasks), dtype=torch.bool).numpy()] = float("nan")
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(tasks), 0.8 + 0.7 * len(tasks)))
-    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit)
+    cmap = matplotlib.colormaps["RdBu"].copy()
+    cmap.set_bad("#d9d9d9")
+    image = ax.imshow(shown, cmap=cmap, vmin=-limit, vmax=limit)
     ax.set_xticks(range(len(tasks)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(tasks)), labels)
     ax.set_xlabel("onto task j")
     ax.set_ylabel("step on task i")
     for i in range(len(tasks)):
         for j in range(len(tasks)):
-            ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=8)
-    fig.colorbar(image, ax=ax, label="lookahead affinity Z[i, j]")
+            dark = i != j and abs(values[i, j]) > 0.6 * limit
+            ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label="lookahead affinity Z[i, j] (diagonal in grey)")
     ax.set_title("Lookahead task affinity (mean of the last rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
