@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from mas_lightning.data.minitaskonomy import Scenes, render_batch, render_scenes, sample_style
+from mas_lightning.data.minitaskonomy import (
+    Scenes,
+    culling,
+    intersect,
+    render_batch,
+    render_scenes,
+    sample_scenes,
+    sample_style,
+)
 from mas_lightning.data.minitaskonomy.codec import decode
 from mas_lightning.data.minitaskonomy.image_labels import texture_edges_and_keypoints
 from mas_lightning.data.minitaskonomy.raycast import cast
@@ -191,8 +199,6 @@ def test_same_seed_same_bytes_and_thread_count_does_not_matter():
     first = render_batch(style, 20, RES, torch.Generator().manual_seed(4))
     second = render_batch(style, 20, RES, torch.Generator().manual_seed(4))
     assert all(torch.equal(first[k], second[k]) for k in first)
-    from mas_lightning.data.minitaskonomy.scenes import sample_scenes
-
     scenes = sample_scenes(style, 20, torch.Generator().manual_seed(4))
     one, two = render_scenes(scenes, RES, workers=1), render_scenes(scenes, RES, workers=2)
     assert all(torch.equal(one[k], two[k]) for k in one)
@@ -217,3 +223,25 @@ def test_bad_resolution_is_rejected(resolution):
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="multiple of 32 from 32 to 256"):
         render_batch(sample_style(g), 1, resolution, g)
+
+
+def test_tile_culling_never_changes_a_pixel(monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    scenes = sample_scenes(sample_style(g), 12, g)
+    culled = render_scenes(scenes, 64, workers=1)
+
+    def every_tile(camera, basis, fov, center, radius, filled):
+        return filled[..., None].expand(-1, -1, culling.TILES**2).nonzero()
+
+    monkeypatch.setattr(intersect, "visible", every_tile)
+    brute_force = render_scenes(scenes, 64, workers=1)
+    assert all(torch.equal(culled[k], brute_force[k]) for k in culled)
+
+
+def test_a_scene_renders_the_same_alone_and_in_a_batch():
+    g = torch.Generator().manual_seed(8)
+    scenes = sample_scenes(sample_style(g), 10, g)
+    batch = render_scenes(scenes, RES, workers=1)
+    alone = render_scenes(scenes.select(slice(6, 7)), RES, workers=1)
+    assert torch.equal(alone["segment_semantic"][0], batch["segment_semantic"][6])
+    assert_near(alone["depth_zbuffer"][0].float(), batch["depth_zbuffer"][6].float(), 1e-3)

@@ -16,16 +16,16 @@ TINY = dict(clients=3, images_per_client=8, size_ratio=2.0, eval_images_per_buil
 
 
 class RenderCounter:
-    """Counts the buildings rendered, by wrapping the module's renderer."""
+    """Counts the images rendered, by wrapping the source module's renderer."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
+        self.images = 0
         self.original = source.render_scenes
         monkeypatch.setattr(source, "render_scenes", self)
 
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.original(*args, **kwargs)
+    def __call__(self, scenes, *args, **kwargs):
+        self.images += len(scenes)
+        return self.original(scenes, *args, **kwargs)
 
 
 def image_hashes(dataset: TensorTaskDataset) -> list[str]:
@@ -61,9 +61,9 @@ def test_setup_splits_share_no_image(tmp_path, split):
 def test_second_setup_reads_the_cache_without_rendering(tmp_path, monkeypatch):
     counter = RenderCounter(monkeypatch)
     first = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("all")
-    assert counter.calls == 3 + 2 + 2  # clients, validation and test buildings
+    assert counter.images == 8 + 6 + 4 + 4 * 4  # three clients, then two validation and two test buildings
     second = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("all")
-    assert counter.calls == 7
+    assert counter.images == 34
     for a, b in zip(first.clients + [first.val, first.test], second.clients + [second.val, second.test]):
         assert all(torch.equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
 
@@ -75,9 +75,8 @@ def test_a_changed_parameter_gets_its_own_cache(tmp_path, monkeypatch):
     assert cache_key(base.params()) != cache_key(changed.params())
     assert cache_key(base.params()) != cache_key({**base.params(), "holdout_fraction": 0.3})
     base.setup("s")
-    calls = counter.calls
     other = changed.setup("s")
-    assert counter.calls == 2 * calls  # rendered again, not served from the first cache
+    assert counter.images == 2 * 34  # rendered again, not served from the first cache
     assert len(list((tmp_path / "minitaskonomy").iterdir())) == 2
     assert not torch.equal(base.setup("s").clients[0].arrays["rgb"], other.clients[0].arrays["rgb"])
 
@@ -94,9 +93,8 @@ def test_a_half_written_cache_is_rebuilt_not_read(tmp_path, monkeypatch, damage)
         victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     else:
         victim.unlink()
-    calls = counter.calls
     rebuilt = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("d")
-    assert counter.calls == 2 * calls
+    assert counter.images == 2 * 34
     assert torch.equal(rebuilt.clients[1].arrays["depth_zbuffer"], reference)
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["files"]["building01.pt"] == victim.stat().st_size

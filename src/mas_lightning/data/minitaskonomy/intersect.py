@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mas_lightning.data.minitaskonomy.culling import TILES, from_tiles, pixel_grid, visible
 from mas_lightning.data.minitaskonomy.scenes import Scenes
 
 MAX_RANGE = 30.0
@@ -24,7 +25,6 @@ MAX_RANGE = 30.0
 MISS = 1.0e9
 """Distance added to a missed intersection: far beyond any room, yet finite so that masks can multiply."""
 _ROW_BITS = 15  # surface rows are packed into 4 bits: 3 room rows + at most 13 object slots
-_FAR = 1.0e6  # empty slots are moved this far away, so they are never the nearest hit within range
 NEAR = 1e-4
 """Metres; intersections closer than this to the ray origin do not count."""
 
@@ -54,11 +54,10 @@ class Nearest:
 
     Attributes:
         t: (n, P) distance along the ray; ``MISS`` or more where nothing is hit.
-        row: (n, P) surface row: 0 floor, 1 ceiling, 2 wall, 3 + k object slot k of the compacted scenes.
+        row: (n, P) surface row: 0 floor, 1 ceiling, 2 wall, 3 + k object slot k.
         rays: (n, 3, P) unit world ray directions.
         depth_per_length: (n, P) z-depth per unit of ``t``.
         basis: (n, 3, 3) camera right, up and backward axes (rows) in world coordinates.
-        scenes: the scenes with empty slots compacted away (rows index these).
     """
 
     t: Tensor
@@ -66,7 +65,6 @@ class Nearest:
     rays: Tensor
     depth_per_length: Tensor
     basis: Tensor
-    scenes: Scenes
 
 
 def camera_basis(yaw: Tensor, pitch: Tensor) -> Tensor:
@@ -78,12 +76,14 @@ def camera_basis(yaw: Tensor, pitch: Tensor) -> Tensor:
     return torch.stack([right, up, back], 1)
 
 
-def camera_rays(scenes: Scenes, resolution: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Unit world rays (n, 3, P), their z-depth per unit length (n, P) and the camera basis (n, 3, 3)."""
-    axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) * (2.0 / resolution) - 1.0
+def camera_rays(scenes: Scenes, resolution: int, tiled: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit world rays (n, 3, P), their z-depth per unit length (n, P) and the camera basis (n, 3, 3).
+
+    Pixels are row-major, or tile-major with ``tiled`` (see ``culling.py``).
+    """
+    x, y = pixel_grid(resolution, tiled)
     tan = torch.tan(scenes.fov / 2)[:, None]
-    x = tan * axis.repeat(resolution)[None]
-    y = tan * -axis.repeat_interleave(resolution)[None]
+    x, y = tan * x[None], tan * y[None]
     depth_per_length = torch.rsqrt(x * x + y * y + 1.0)
     cam = torch.stack([x, y, -torch.ones_like(x)], 1) * depth_per_length[:, None]
     basis = camera_basis(scenes.yaw, scenes.pitch)
@@ -169,34 +169,47 @@ def _cylinders(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor) -> Te
 
 
 def nearest_surface(scenes: Scenes, resolution: int) -> Nearest:
-    """Cast one ray per pixel of a ``resolution`` x ``resolution`` image and keep the nearest surface."""
+    """Cast one ray per pixel of a ``resolution`` x ``resolution`` image and keep the nearest surface.
+
+    The room is cast for every pixel; objects only in the tiles that can see them (``culling.py``).
+    """
     if sum(scenes.slots) > _ROW_BITS - 2:
         raise ValueError(f"at most {_ROW_BITS - 2} object slots per scene can be cast; got slots={scenes.slots}")
-    scenes = scenes.compact()
-    rays, depth_per_length, basis = camera_rays(scenes, resolution)
+    n, pixels = len(scenes), resolution * resolution
+    rays, depth_per_length, basis = camera_rays(scenes, resolution, tiled=True)
     origin = scenes.camera[:, :, None]
-    nb, ns, nc = scenes.slots
-    center = torch.where(scenes.label[..., None] > 0, scenes.center, _FAR)
-    half, turn = scenes.half, scenes.turn
-    # Nearest slot without argmin (slow on CPU): distances are >= 0, so their float bits order like
-    # integers; the low 4 mantissa bits (a relative 2e-6) are replaced by the surface row, and one
-    # integer amin yields both the distance and the row of the nearest surface.
-    packed = torch.empty(len(scenes), 1 + nb + ns + nc, rays.shape[2], dtype=torch.int32)
+    # Nearest surface without argmin (slow on CPU): distances are >= 0, so their float bits order like
+    # integers; the low 4 mantissa bits (a relative 2e-6) are replaced by the surface row, and integer
+    # minima yield both the distance and the row of the nearest surface.
     t_room, room_row = _room(origin, rays, scenes)
-    parts = [t_room[:, None]]
-    if nb:
-        parts.append(_boxes(origin, rays, center[:, :nb], half[:, :nb], turn[:, :nb]))
-    if ns:
-        parts.append(_spheres(origin, rays, center[:, nb : nb + ns], half[:, nb : nb + ns, 0]))
-    if nc:
-        parts.append(_cylinders(origin, rays, center[:, nb + ns :], half[:, nb + ns :]))
-    start = 0
-    for part in parts:
-        torch.bitwise_and(part.view(torch.int32), ~_ROW_BITS, out=packed[:, start : start + part.shape[1]])
-        start += part.shape[1]
-    packed[:, 0].bitwise_or_(room_row.to(torch.int32))
-    packed[:, 1:].bitwise_or_(torch.arange(3, 2 + packed.shape[1], dtype=torch.int32)[:, None])
-    nearest = packed.amin(1)
+    best = t_room.view(torch.int32).bitwise_and_(~_ROW_BITS).bitwise_or_(room_row.to(torch.int32))
+    per_tile = pixels // TILES**2
+    tile_rays = rays.view(n, 3, TILES**2, per_tile).transpose(1, 2).reshape(-1, 3, per_tile)
+    nb, ns, _ = scenes.slots
+    half = scenes.half
+    radius = torch.cat(
+        [half[:, :nb].norm(dim=-1), half[:, nb : nb + ns, 0], half[:, nb + ns :, 0].hypot(half[:, nb + ns :, 1])], 1
+    )
+    scene, slot, tile = visible(scenes.camera, basis, scenes.fov, scenes.center, radius, scenes.label > 0).unbind(1)
+    kind = (slot >= nb).long() + (slot >= nb + ns).long()  # 0 box, 1 sphere, 2 cylinder
+    for k, test in enumerate((_boxes, _spheres, _cylinders)):
+        chosen = (kind == k).nonzero()[:, 0]
+        if len(chosen) == 0:
+            continue
+        s, j, tl = scene[chosen], slot[chosen], tile[chosen]
+        args = (origin[s], tile_rays[s * TILES**2 + tl], scenes.center[s, j][:, None])
+        if test is _boxes:
+            t = test(*args, half[s, j][:, None], scenes.turn[s, j][:, None])
+        elif test is _spheres:
+            t = test(*args, half[s, j][:, None, 0])
+        else:
+            t = test(*args, half[s, j][:, None])
+        packed = t[:, 0].view(torch.int32).bitwise_and_(~_ROW_BITS).bitwise_or_((j + 3).to(torch.int32)[:, None])
+        target = (s * pixels + tl * per_tile)[:, None] + torch.arange(per_tile)
+        best.view(-1).scatter_reduce_(0, target.flatten(), packed.flatten(), reduce="amin")
+    nearest = from_tiles(best, resolution)
     row = (nearest & _ROW_BITS).long()
     t = (nearest & ~_ROW_BITS).view(torch.float32)
-    return Nearest(t=t, row=row, rays=rays, depth_per_length=depth_per_length, basis=basis, scenes=scenes)
+    rays = from_tiles(rays, resolution)
+    depth_per_length = from_tiles(depth_per_length, resolution)
+    return Nearest(t=t, row=row, rays=rays, depth_per_length=depth_per_length, basis=basis)

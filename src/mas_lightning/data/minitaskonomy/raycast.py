@@ -80,7 +80,7 @@ def _attribute_table(scenes: Scenes) -> Tensor:
 def cast(scenes: Scenes, resolution: int) -> Hits:
     """Cast one ray per pixel of a ``resolution`` x ``resolution`` image for every scene."""
     nearest = nearest_surface(scenes, resolution)
-    scenes, rays, basis = nearest.scenes, nearest.rays, nearest.basis
+    rays, basis = nearest.rays, nearest.basis
     origin = scenes.camera[:, :, None]
     valid = 1.0 - step(nearest.t - MAX_RANGE)
     row = nearest.row

@@ -24,7 +24,8 @@ from mas_lightning.data.minitaskonomy.scenes import Scenes, sample_scenes
 from mas_lightning.data.minitaskonomy.shading import shade
 from mas_lightning.data.minitaskonomy.styles import BuildingStyle
 
-CHUNK = 16
+CHUNK = 64
+"""Most scenes rendered at once: big enough to amortise per-op overhead, small enough for the caches."""
 MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP = 32, 256, 32
 
 
@@ -98,7 +99,9 @@ def render_scenes(scenes: Scenes, resolution: int, workers: int | None = None) -
     workers = default_workers() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r}; expected a positive integer")
-    chunks = [scenes.select(slice(i, i + CHUNK)) for i in range(0, len(scenes), CHUNK)]
+    # Fewer, larger chunks amortise Python overhead; but every thread should get at least one.
+    size = max(8, min(CHUNK, -(-len(scenes) // workers)))
+    chunks = [scenes.select(slice(i, i + size)) for i in range(0, len(scenes), size)]
     with _single_threaded_ops():
         if workers == 1 or len(chunks) == 1:
             parts = [_render_chunk_inference(c, resolution) for c in chunks]

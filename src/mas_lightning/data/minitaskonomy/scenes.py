@@ -92,36 +92,16 @@ class Scenes:
         fields = {k: v[index] if isinstance(v, Tensor) else v for k, v in vars(self).items()}
         return Scenes(**fields)
 
-    def compact(self) -> Scenes:
-        """The same rooms with empty slots dropped where every scene of the batch allows it.
-
-        Within each primitive kind, filled slots are moved first (stable order) and trailing slots that
-        are empty in all scenes are cut, so the ray caster does not test rays against nothing.
-        """
-        order, slots, start = [], [], 0
-        for count in self.slots:
-            filled = self.label[:, start : start + count] > 0
-            keep = int(filled.sum(1).max()) if count else 0
-            ranks = torch.argsort((~filled).to(torch.uint8), dim=1, stable=True)[:, :keep]
-            order.append(ranks + start)
-            slots.append(keep)
-            start += count
-        index = torch.cat(order, 1)
-        rows = torch.cat([torch.arange(3).expand(len(self), 3), index + 3], 1)
-
-        def take(x: Tensor, by: Tensor) -> Tensor:
-            return torch.gather(x, 1, by.view(*by.shape, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))
-
-        fields = dict(vars(self))
-        fields.update(
-            center=take(self.center, index),
-            half=take(self.half, index),
-            turn=take(self.turn, index),
-            label=take(self.label, index),
-            appearance=take(self.appearance, rows),
-            slots=tuple(slots),
-        )
-        return Scenes(**fields)
+    @staticmethod
+    def cat(batches: list[Scenes]) -> Scenes:
+        """One batch made of several (e.g. every building's scenes, rendered in one go)."""
+        slots = {b.slots for b in batches}
+        if len(slots) != 1:
+            raise ValueError(f"cannot concatenate scenes with different slot layouts {sorted(slots)}")
+        fields = {
+            k: torch.cat([vars(b)[k] for b in batches]) for k, v in vars(batches[0]).items() if isinstance(v, Tensor)
+        }
+        return Scenes(**fields, slots=batches[0].slots)
 
 
 def _uniform(lo: Tensor | float, hi: Tensor | float, shape: tuple[int, ...], g: torch.Generator) -> Tensor:

@@ -20,7 +20,7 @@ from mas_lightning.data.base import DataSource, FederatedData, TensorTaskDataset
 from mas_lightning.data.minitaskonomy.cache import default_cache_dir, load_or_build
 from mas_lightning.data.minitaskonomy.codec import decode
 from mas_lightning.data.minitaskonomy.render import check_resolution, render_scenes
-from mas_lightning.data.minitaskonomy.scenes import sample_scenes
+from mas_lightning.data.minitaskonomy.scenes import Scenes, sample_scenes
 from mas_lightning.data.minitaskonomy.styles import BuildingStyle, sample_style
 from mas_lightning.tasks import parse_tasks
 
@@ -133,13 +133,19 @@ class MiniTaskonomy(DataSource):
         """The style of building ``index`` (clients first, then validation, then test buildings)."""
         return sample_style(_generator(self.seed, index, "style"))
 
-    def render_building(self, index: int, images: int) -> dict[str, Tensor]:
-        """Render ``images`` scenes of building ``index`` into stored (compact) arrays."""
-        scenes = sample_scenes(self.building_style(index), images, _generator(self.seed, index, "scenes"))
-        return render_scenes(scenes, self.resolution)
+    def building_scenes(self, index: int, images: int) -> Scenes:
+        """The first ``images`` scenes of building ``index`` (deterministic)."""
+        return sample_scenes(self.building_style(index), images, _generator(self.seed, index, "scenes"))
 
     def _render_all(self) -> dict[str, dict[str, Tensor]]:
-        return {name: self.render_building(i, n) for i, (name, n) in enumerate(self.buildings())}
+        # All buildings in one batch, so that render threads share the work even for small buildings.
+        plan = self.buildings()
+        scenes = Scenes.cat([self.building_scenes(i, n) for i, (_, n) in enumerate(plan)])
+        stored = render_scenes(scenes, self.resolution)
+        bounds = torch.tensor([0] + [n for _, n in plan]).cumsum(0).tolist()
+        return {
+            name: {k: v[a:b].clone() for k, v in stored.items()} for (name, _), a, b in zip(plan, bounds, bounds[1:])
+        }
 
     def setup(self, tasks: str | Sequence[str]) -> FederatedData:
         """Render (or read from the cache) every building and return the federated data set.
