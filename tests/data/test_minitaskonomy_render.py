@@ -239,9 +239,9 @@ def test_tile_culling_never_changes_a_pixel(monkeypatch):
 
 
 def test_a_scene_renders_the_same_alone_and_in_a_batch():
+    # Chunking (and so the batch a scene lands in) must not change a byte: the cache relies on it.
     g = torch.Generator().manual_seed(8)
     scenes = sample_scenes(sample_style(g), 10, g)
     batch = render_scenes(scenes, RES, workers=1)
     alone = render_scenes(scenes.select(slice(6, 7)), RES, workers=1)
-    assert torch.equal(alone["segment_semantic"][0], batch["segment_semantic"][6])
-    assert_near(alone["depth_zbuffer"][0].float(), batch["depth_zbuffer"][6].float(), 1e-3)
+    assert all(torch.equal(alone[k][0], batch[k][6]) for k in batch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 
 import pytest
 import torch
@@ -98,7 +100,7 @@ def test_a_half_written_cache_is_rebuilt_not_read(tmp_path, monkeypatch, damage)
     assert torch.equal(rebuilt.clients[1].arrays["depth_zbuffer"], reference)
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["files"]["building01.pt"] == victim.stat().st_size
-    assert not [p for p in tmp_path.joinpath("minitaskonomy").iterdir() if p.name.startswith(".")]  # no temp left
+    assert not [p for p in tmp_path.joinpath("minitaskonomy").iterdir() if p.name.startswith(".")]  # no temporary
 
 
 def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
@@ -130,3 +132,16 @@ def test_bad_arguments_name_the_value_and_the_accepted_range(kwargs, message):
 def test_unknown_task_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
         MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("sx")
+
+
+def test_temporary_folders_of_dead_writers_are_removed(tmp_path):
+    source_ = MiniTaskonomy(**TINY, cache_dir=tmp_path)
+    root = tmp_path / "minitaskonomy"
+    root.mkdir()
+    key = cache_key(source_.params())
+    dead = root / f".{key}.tmp-{socket.gethostname()}-{2**40}-abcd1234"  # no process has this id
+    alive = root / f".{key}.tmp-{socket.gethostname()}-{os.getpid()}-abcd1234"  # a writer still at work
+    for folder in (dead, alive):
+        (folder / "sub").mkdir(parents=True)
+    source_.setup("s")
+    assert not dead.exists() and alive.exists()

@@ -5,7 +5,8 @@ read back with ``torch.load(weights_only=True)``, never by unpickling code) and 
 written last, listing every file with its byte size. A folder is trusted only if its manifest exists
 and every file matches it; anything else (a writer killed mid-way, a truncated file) is deleted and
 rendered again. Writers build in a private temporary folder and ``rename`` it into place, so readers
-never see a half-written cache, and two concurrent writers cannot mix their files.
+never see a half-written cache, and two concurrent writers cannot mix their files; the temporary
+folders of writers that died are removed by the next writer on the same host.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +59,7 @@ def read(folder: Path) -> Parts | None:
 def write(folder: Path, parts: Parts, params: dict) -> None:
     """Store ``parts`` at ``folder`` atomically (temporary folder, manifest last, then rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temporary = folder.parent / f"{_temporary_prefix(folder)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir()
     try:
         files = {}
@@ -77,6 +79,29 @@ def write(folder: Path, parts: Parts, params: dict) -> None:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def _temporary_prefix(folder: Path) -> str:
+    return f".{folder.name}.tmp-{socket.gethostname()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**31  # someone else's process, or a number no process can have
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary folders that writers on this host left when they died mid-write."""
+    prefix = _temporary_prefix(folder)
+    for temporary in folder.parent.glob(f"{prefix}*"):
+        pid = temporary.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
 def load_or_build(root: Path, params: dict, build: Callable[[], Parts]) -> Parts:
     """Read the cache for ``params`` under ``root``, or build, store and return it.
 
@@ -91,6 +116,8 @@ def load_or_build(root: Path, params: dict, build: Callable[[], Parts]) -> Parts
         return parts
     if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)  # damaged: never read, always rebuilt
+    if folder.parent.exists():
+        remove_stale_temporaries(folder)
     write(folder, build(), params)
     parts = read(folder)
     if parts is None:

@@ -1,8 +1,9 @@
-"""Ray-primitive intersections: one ray per pixel against the room and every object slot at once.
+"""Ray-primitive intersections: the nearest surface along one ray per pixel, for a batch of rooms.
 
-Tensors are laid out (scenes, slot, pixel) so each primitive kind costs a handful of whole-batch
-elementwise ops: no Python loop runs over pixels or objects. Rays are unit length, so ``t`` is the
-distance along the ray and z-depth is ``t`` times the ray's cosine to the optical axis.
+The room is tested for every pixel; each object only for the image tiles whose view cone meets its
+bounding sphere (``culling.py``). All (scene, object, tile) triples of a primitive kind are tested in
+one batch of elementwise ops: no Python loop runs over pixels or objects. Rays are unit length, so ``t``
+is the distance along the ray and z-depth is ``t`` times the ray's cosine to the optical axis.
 
 Speed note: on CPU, comparisons, ``torch.where``, ``argmin`` and square roots of exact zeros are several
 times slower than plain float arithmetic, so conditions are carried as float masks built by :func:`step`,
@@ -100,7 +101,16 @@ def _room(origin: Tensor, rays: Tensor, scenes: Scenes) -> tuple[Tensor, Tensor]
     per_axis = torch.maximum(-origin * inverse, (scenes.room[:, :, None] - origin) * inverse)
     t = per_axis.amin(1)
     point = torch.addcmul(origin, rays, t[:, None])
-    # Windows: the exit point lies on the window's wall plane, within its width and height.
+    on_y = 1.0 - step(per_axis[:, 1] - t)
+    row = 2.0 - on_y * (2.0 - step(rays[:, 1]))
+    return t.add_(_windows(point, scenes), alpha=3 * MISS), row
+
+
+def _windows(point: Tensor, scenes: Scenes) -> Tensor:
+    """1.0 where an exit point on the room's boundary lies in one of the scene's windows, else 0.0."""
+    if scenes.windows.shape[1] == 0:
+        return torch.zeros_like(point[:, 0])
+    # In a window: on the window's wall plane (within 1 mm), within its width and within its height.
     code, u0, u1, y0, y1 = scenes.windows[..., None].unbind(2)  # each (n, W, 1)
     on_z_wall = (code >= 2).float()
     plane = torch.where(code == 1, scenes.room[:, 0:1, None], torch.where(code == 3, scenes.room[:, 2:3, None], 0.0))
@@ -110,9 +120,7 @@ def _room(origin: Tensor, rays: Tensor, scenes: Scenes) -> tuple[Tensor, Tensor]
     across = torch.lerp(z, x, on_z_wall).sub_((u0 + u1) / 2).abs_().sub_((u1 - u0) / 2)
     upright = (height - (y0 + y1) / 2).abs_().sub_((y1 - y0) / 2)
     outside = torch.maximum(torch.maximum(off_wall, across), upright).amin(1)  # < 0: in some window
-    on_y = 1.0 - step(per_axis[:, 1] - t)
-    row = 2.0 - on_y * (2.0 - step(rays[:, 1]))
-    return t.add_(step(outside.neg_()), alpha=3 * MISS), row
+    return step(outside.neg_())
 
 
 def _boxes(origin: Tensor, rays: Tensor, center: Tensor, half: Tensor, turn: Tensor) -> Tensor:
@@ -192,18 +200,17 @@ def nearest_surface(scenes: Scenes, resolution: int) -> Nearest:
     )
     scene, slot, tile = visible(scenes.camera, basis, scenes.fov, scenes.center, radius, scenes.label > 0).unbind(1)
     kind = (slot >= nb).long() + (slot >= nb + ns).long()  # 0 box, 1 sphere, 2 cylinder
-    for k, test in enumerate((_boxes, _spheres, _cylinders)):
+    for k in range(3):
         chosen = (kind == k).nonzero()[:, 0]
         if len(chosen) == 0:
             continue
         s, j, tl = scene[chosen], slot[chosen], tile[chosen]
         args = (origin[s], tile_rays[s * TILES**2 + tl], scenes.center[s, j][:, None])
-        if test is _boxes:
-            t = test(*args, half[s, j][:, None], scenes.turn[s, j][:, None])
-        elif test is _spheres:
-            t = test(*args, half[s, j][:, None, 0])
+        size = half[s, j][:, None]  # each triple is a batch of one object: (A, 1, ...)
+        if k == 0:
+            t = _boxes(*args, size, scenes.turn[s, j][:, None])
         else:
-            t = test(*args, half[s, j][:, None])
+            t = _spheres(*args, size[..., 0]) if k == 1 else _cylinders(*args, size)
         packed = t[:, 0].view(torch.int32).bitwise_and_(~_ROW_BITS).bitwise_or_((j + 3).to(torch.int32)[:, None])
         target = (s * pixels + tl * per_tile)[:, None] + torch.arange(per_tile)
         best.view(-1).scatter_reduce_(0, target.flatten(), packed.flatten(), reduce="amin")
