@@ -1,11 +1,18 @@
 """Collect lookahead task affinity on the clients while the merged model trains.
 
-Every ``lookahead_every`` local steps of a client training the merged group, the callback measures
+Every ``lookahead_every``-th local step of the clients training the merged group, the callback measures
 :func:`mas_lightning.affinity.lookahead_affinity` on that batch (with the optimiser's current learning
-rate and weight decay). Measurements are averaged over the steps of a client, then over the clients of a
+rate and weight decay). Steps are counted across the clients of a round, from its first step, not per
+client: a client with fewer local steps than ``lookahead_every`` would otherwise be measured at its step 0
+every round, and the share of measured steps (hence the cost) would grow as clients shrink.
+Measurements are averaged over the steps of a client, then over the clients of a
 round (plain mean, or weighted by client size), and the round means are kept as history; the affinity
 used for a decision is the mean over the last ``window`` rounds. Every entry counts, negative ones too.
 The history is saved in the checkpoint, so a resumed run decides the same split.
+
+Measuring costs about T extra forward/backward passes per measured step (``experiments/bench_affinity.py``).
+Rounds before ``first_round`` are not measured: a method that decides from the last ``window`` rounds
+before round R passes ``first_round = R - window`` and gets the very same decision for a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -27,19 +34,23 @@ class AffinityCallback:
 
     Args:
         stages: names of the stages in which to measure (the merged all-task stage of MAS or TAG).
-        lookahead_every: measure every N local steps of a client (step 0 included).
+        lookahead_every: measure one local step in N, counted over the clients of a round (its first included).
         window: number of most recent rounds averaged by :meth:`averaged`.
         weighted: weight clients by their data size instead of equally.
         method: "exact", "batched" or "first_order" (see ``lookahead_affinity``).
         max_samples: measure on at most this many samples of the batch (None: all).
+        first_round: measure only from this round (0-based, within the stage) on.
     """
 
     def __init__(self, stages: tuple[str, ...], *, lookahead_every: int = 10, window: int = 10,
-                 weighted: bool = False, method: str = "exact", max_samples: int | None = None) -> None:
+                 weighted: bool = False, method: str = "exact", max_samples: int | None = None,
+                 first_round: int = 0) -> None:
         if lookahead_every < 1 or window < 1:
             raise ValueError(f"lookahead_every={lookahead_every} and window={window} must be >= 1")
+        if first_round < 0:
+            raise ValueError(f"first_round={first_round} must be >= 0")
         self.stages, self.every, self.window, self.weighted = stages, lookahead_every, window, weighted
-        self.method, self.max_samples = method, max_samples
+        self.method, self.max_samples, self.first_round = method, max_samples, first_round
         self.tasks: tuple[str, ...] = ()
         self.history: list[Tensor] = []  # one T x T mean per round
         self._client_sum: Tensor | None = None
@@ -47,15 +58,18 @@ class AffinityCallback:
         self._round_sum: Tensor | None = None
         self._round_weight = 0.0
         self._active = False
+        self._steps = 0  # local steps of the round so far, over its clients
+        self.measurements = 0  # batches measured in this stage
 
     # ---------------------------------------------------------------- hooks
     def on_stage_start(self, engine: Any, state: dict[str, Any], stage: Any) -> None:
         if stage.name in self.stages:
-            self.tasks, self.history = tuple(stage.groups[0]), []
+            self.tasks, self.history, self.measurements = tuple(stage.groups[0]), [], 0
 
     def on_round_start(self, engine: Any, state: dict[str, Any], round_: int) -> None:
-        self._active = self._stage_name(state) in self.stages and len(state["groups"]) == 1
-        self._round_sum, self._round_weight = None, 0.0
+        self._active = (self._stage_name(state) in self.stages and len(state["groups"]) == 1
+                        and round_ >= self.first_round)
+        self._round_sum, self._round_weight, self._steps = None, 0.0, 0
 
     def on_client_start(self, engine: Any, state: dict[str, Any], client: int, group: tuple[str, ...]) -> None:
         self._client_sum, self._client_count = None, 0
@@ -63,7 +77,10 @@ class AffinityCallback:
     def on_train_batch_end(self, engine: Any, state: dict[str, Any], model: Any, batch: dict[str, Tensor],
                            losses: dict[str, Tensor], optimizer: Any, client: int, group: tuple[str, ...],
                            step: int) -> None:
-        if not self._active or step % self.every:
+        if not self._active:
+            return
+        self._steps += 1
+        if (self._steps - 1) % self.every:
             return
         settings = optimizer.param_groups[0]
         try:
@@ -76,6 +93,7 @@ class AffinityCallback:
             log.debug("affinity not measured at step %d of client %d: %s", step, client, error)
             return
         z = z.detach().double().cpu()
+        self.measurements += 1
         self._client_sum = z if self._client_sum is None else self._client_sum + z
         self._client_count += 1
 
@@ -117,13 +135,15 @@ class AffinityCallback:
     def summary(self) -> dict[str, Any]:
         """The averaged matrix with its task order, for the stage result and summary.json."""
         return {"tasks": list(self.tasks), "matrix": self.averaged().tolist(),
-                "rounds_measured": len(self.history), "window": self.window}
+                "rounds_measured": len(self.history), "window": self.window, "measurements": self.measurements}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "history": [h.clone() for h in self.history]}
+        return {"tasks": list(self.tasks), "history": [h.clone() for h in self.history],
+                "measurements": self.measurements}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tasks, self.history = tuple(state["tasks"]), list(state["history"])
+        self.measurements = int(state.get("measurements", 0))
 
     @staticmethod
     def _stage_name(state: dict[str, Any]) -> str:

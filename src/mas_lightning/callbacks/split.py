@@ -30,6 +30,12 @@ class SplitCallback:
         self.affinity, self.stage, self.split_round, self.max_groups = affinity, stage, split_round, max_groups
         self.decision: dict[str, Any] | None = None
 
+    def on_stage_start(self, engine: Any, state: dict[str, Any], stage: Any) -> None:
+        # Fired only when a stage starts afresh (not on resume), so a method object reused for a second run
+        # decides again instead of silently keeping the first run's decision.
+        if stage.name == self.stage:
+            self.decision = None
+
     def on_round_end(self, engine: Any, state: dict[str, Any], round_: int, row: dict[str, Any]) -> None:
         if state.get("stage_name") != self.stage or round_ + 1 != self.split_round or self.decision is not None:
             return

@@ -40,9 +40,11 @@ class MAS(Method):
         if max_groups < 1:
             raise ValueError(f"method.max_groups={max_groups} must be >= 1")
         self.split_round, self.max_groups = split_round, max_groups
+        # Only the last affinity_window rounds before the split decide, so only those are measured.
         self.affinity = AffinityCallback((STAGE,), lookahead_every=lookahead_every, window=affinity_window,
                                          weighted=weighted_clients, method=affinity_method,
-                                         max_samples=affinity_samples)
+                                         max_samples=affinity_samples,
+                                         first_round=max(0, split_round - affinity_window))
         self.split = SplitCallback(self.affinity, STAGE, split_round, max_groups)
 
     def callbacks(self) -> list[Any]:

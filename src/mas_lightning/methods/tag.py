@@ -30,16 +30,18 @@ class TAG(Method):
         lookahead_every: measure affinity every N local steps of a client.
         affinity_window: mean over this many last rounds of the affinity run.
         affinity_method: "exact", "batched" or "first_order" lookahead.
+        affinity_samples: measure on at most this many samples of a batch (None: the whole batch).
     """
 
     def __init__(self, *, affinity_rounds: int = 3, max_groups: int = 2, lookahead_every: int = 10,
-                 affinity_window: int = 10, affinity_method: Literal["exact", "batched", "first_order"] = "exact"
-                 ) -> None:
+                 affinity_window: int = 10, affinity_method: Literal["exact", "batched", "first_order"] = "exact",
+                 affinity_samples: int | None = None) -> None:
         if affinity_rounds < 1 or max_groups < 1:
             raise ValueError(f"method.affinity_rounds={affinity_rounds} and max_groups={max_groups} must be >= 1")
         self.affinity_rounds, self.max_groups = affinity_rounds, max_groups
         self.affinity = AffinityCallback((AFFINITY_STAGE,), lookahead_every=lookahead_every, window=affinity_window,
-                                         method=affinity_method)
+                                         method=affinity_method, max_samples=affinity_samples,
+                                         first_round=max(0, affinity_rounds - affinity_window))
 
     def check(self, tasks: tuple[str, ...], rounds: int) -> None:
         if len(tasks) < 2:
