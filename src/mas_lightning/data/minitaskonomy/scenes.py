@@ -108,7 +108,9 @@ def _uniform(lo: Tensor | float, hi: Tensor | float, shape: tuple[int, ...], g: 
     return lo + (hi - lo) * torch.rand(shape, generator=g)
 
 
-def _classes(mix: tuple[float, ...], classes: tuple[int, ...], density: float, shape: tuple[int, int], g) -> Tensor:
+def _classes(
+    mix: tuple[float, ...], classes: tuple[int, ...], density: float, shape: tuple[int, int], g: torch.Generator
+) -> Tensor:
     pick = torch.multinomial(torch.tensor(mix), shape[0] * shape[1], replacement=True, generator=g)
     label = torch.tensor(classes)[pick].view(shape)
     return torch.where(torch.rand(shape, generator=g) < density, label, torch.zeros_like(label))
@@ -122,15 +124,28 @@ def _range_table(table: dict, label: Tensor, column: int, u: Tensor) -> Tensor:
     return lo[label] + (hi[label] - lo[label]) * u
 
 
-def _surface(colours, kind: int, scale: float, n: int, g: torch.Generator) -> Tensor:
+def _surface(colours: tuple, kind: int, scale: float, n: int, g: torch.Generator) -> Tensor:
     jitter = _uniform(0.92, 1.08, (n, 1), g)
     a, b = ((torch.tensor(c) * jitter).clamp(0, 1) for c in colours)
     head = torch.tensor([float(kind), scale]).expand(n, 2)
     return torch.cat([head, a, b], dim=1)
 
 
-def sample_scenes(style: BuildingStyle, n: int, generator: torch.Generator, slots=SLOTS) -> Scenes:
-    """Draw ``n`` furnished rooms of one building style; deterministic for a given generator state."""
+def sample_scenes(
+    style: BuildingStyle, n: int, generator: torch.Generator, slots: tuple[int, int, int] = SLOTS
+) -> Scenes:
+    """Draw ``n`` furnished rooms of one building style; deterministic for a given generator state.
+
+    Args:
+        style: the building's style.
+        n: number of rooms.
+        generator: seeded CPU generator; every draw comes from it.
+        slots: box, sphere and cylinder slots per room (at most 13 in all; see ``intersect.py``).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} rooms requested; give a positive integer")
+    if len(slots) != 3 or any(not isinstance(k, int) or k < 0 for k in slots) or sum(slots) > 13:
+        raise ValueError(f"slots={slots!r}; expected three non-negative counts (boxes, spheres, cylinders), 13 in all")
     g = generator
     nb, ns, nc = slots
     size = torch.tensor(style.room) * _uniform(1 - style.room_jitter, 1 + style.room_jitter, (n, 3), g)
