@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = No
     cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     name = cfg.command
     try:
-        init = parser.instantiate_classes(cfg)
+        init = parser.instantiate(cfg)
     except (ValueError, TypeError, FileNotFoundError) as error:
         # A constructor rejected a value: one clear line, no traceback, same exit code as a parse error.
         print(f"error: invalid configuration for '{name}': {error}", file=sys.stderr)
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = No
     function = _load(commands[name])
     if RESOLVED_CONFIG in inspect.signature(function).parameters:
         # Commands that keep a record of their run receive the full resolved config as YAML.
-        kwargs[RESOLVED_CONFIG] = command_parser(function).dump(cfg[name], skip_none=False)
+        kwargs[RESOLVED_CONFIG] = command_parser(function).dump(cfg[name])
     try:
         return function(**kwargs)
     except ConfigError as error:
