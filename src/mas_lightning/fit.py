@@ -134,6 +134,12 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
         run_method(engine, method, tasks, rounds, state, progress)
     summary = build_summary(method, tasks, rounds, state, seed)
     summary["session_wall_s"] = round(time.perf_counter() - started, 3)
+    # Stable names for sweeps: a W&B sweep optimises "test/total_loss".
+    final = {"test/total_loss": summary["total_test_loss"], "cost/client_compute_s": summary["client_compute_s"],
+             **{f"test/{task}/loss": loss for task, loss in summary["test_loss"].items()}}
+    fabric.log_dict(final, step=len(state["metrics"]) + 1)
+    for logger in fabric.loggers:
+        logger.finalize("success")
     if fabric.global_rank == 0:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(f"total test loss {summary['total_test_loss']:.4f}; summary in {run_dir / 'summary.json'}")
