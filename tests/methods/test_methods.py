@@ -19,6 +19,7 @@ from jsonargparse import ArgumentParser
 
 from mas_lightning.callbacks import AffinityCallback
 from mas_lightning.cli import COMMANDS, build_parser
+from mas_lightning.errors import ConfigError
 from mas_lightning.federated.aggregation import FedProx
 from mas_lightning.federated.checkpoint import load_checkpoint
 from mas_lightning.federated.config import FederatedConfig, Stage
@@ -151,6 +152,12 @@ def test_tag_and_hoa_serve_each_task_from_the_chosen_group(runs: Any, name: str)
         assert task in parse_tasks(group) and list(parse_tasks(group)) in second["groups"]
         assert summary["test_loss"][task] == second["test"][group][f"{task}/loss"]
     assert sorted(summary["groups"]) == sorted(set(serving.values()))
+
+
+@pytest.mark.parametrize("method", [MAS, TAG, HOA])
+def test_grouping_methods_refuse_a_single_task_before_training(method: type[Method]) -> None:
+    with pytest.raises(ConfigError, match="at least 2 tasks"):
+        method().check(("normal",), 10)
 
 
 # ---------------------------------------------------------------- affinity schedule

@@ -15,6 +15,7 @@ from mas_lightning.callbacks import AffinityCallback, SplitCallback
 from mas_lightning.errors import ConfigError
 from mas_lightning.federated.config import Stage
 from mas_lightning.methods.base import Method
+from mas_lightning.tasks import letters
 
 STAGE = "mas"
 
@@ -51,6 +52,8 @@ class MAS(Method):
         return [self.affinity, self.split]
 
     def check(self, tasks: tuple[str, ...], rounds: int) -> None:
+        if len(tasks) < 2:  # caught here, not at the split round after hours of training
+            raise ConfigError(f"MAS splits tasks: it needs at least 2 tasks, got {letters(tasks)!r}")
         if not self.split_round < rounds:
             raise ConfigError(f"method.split_round={self.split_round} must be smaller than rounds={rounds}")
 
