@@ -8,8 +8,13 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 from torch.utils.data import Dataset
+from torchmetrics import Metric
 
 from mas_lightning.data.base import make_loader
+
+
+def _never() -> bool:
+    return False
 
 
 @torch.no_grad()
@@ -35,6 +40,11 @@ def evaluate(
     metrics = metrics_factory(tasks) if metrics_factory is not None else None
     if metrics is not None:
         metrics.to(fabric.device)  # type: ignore[attr-defined]
+        # Left alone, torchmetrics all-gathers every rank's states in compute(): each rank already saw the whole
+        # dataset, so that only doubles the data and adds a collective that hangs if one rank ever skips it.
+        for module in metrics.modules():  # type: ignore[attr-defined]
+            if isinstance(module, Metric):
+                module.distributed_available_fn = _never
     for batch in make_loader(dataset, batch_size):
         batch = fabric.to_device(batch)
         with fabric.autocast():
