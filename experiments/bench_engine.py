@@ -1,0 +1,186 @@
+"""Engine overhead: wall time of the federated engine's rounds over a bare PyTorch loop doing the same work.
+
+The bare loop is what a person would write by hand for one FedAvg round: for each sampled client, load the
+global weights into one model, reset the optimiser, run the same local batches (same loader, same flips,
+same seeded order), then add the client's state to a float64 weighted sum and average. The engine does the
+same plus what makes it a framework: Fabric (device, precision, hooks), per-client NaN/Inf checks, cost
+accounting and one atomic checkpoint plus metrics.csv per round. Validation is switched off in both
+(``eval_every`` beyond the run), so the ratio measures the loop, not evaluation. Both loops end with the
+same global weights (checked), so they did the same work.
+
+Runs alternate (engine, bare, engine, bare, ...) so that a busy shared machine slows both alike; the
+ratio is of the medians of per-round times over all repeats. On CUDA it also runs bf16-mixed and reports
+the peak GPU memory of a round for a few and for many clients per round (the engine keeps one working
+model per group and a running sum, so the two should be about equal).
+
+    OMP_NUM_THREADS=2 .venv/bin/python experiments/bench_engine.py                 # CPU, tiny preset, 64 px
+    .venv/bin/python experiments/bench_engine.py --device=cuda --resolution=256 --batch=32
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from jsonargparse import CLI
+from lightning.fabric import Fabric
+from torch import Tensor
+
+from mas_lightning.data.base import FederatedData, hflip, make_loader
+from mas_lightning.federated import sampling
+from mas_lightning.federated.aggregation import FedAvg
+from mas_lightning.federated.config import FederatedConfig, Stage
+from mas_lightning.federated.engine import FederatedEngine
+from mas_lightning.model import MultiTaskModel
+from mas_lightning.tasks import letters, parse_tasks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from federated.synthetic import SyntheticData  # noqa: E402  (learnable in-memory data, any resolution)
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 1e-4
+
+
+def sgd(params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def engine_rounds(fabric: Fabric, data: FederatedData, config: FederatedConfig, tasks: tuple[str, ...],
+                  rounds: int, decoder_width: int, seed: int) -> tuple[list[float], dict[str, Tensor], float]:
+    """Per-round seconds of ``rounds`` engine rounds (after one warm-up round), final weights, peak bytes."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        engine = FederatedEngine(fabric, data, config, lambda g: MultiTaskModel(list(g), decoder_width=decoder_width),
+                                 sgd, FedAvg(), seed, Path(run_dir))
+        state = engine.new_state()
+        stage = Stage("bench", [tasks], rounds + 2)  # never the stage's last round: no forced validation
+        engine.start_stage(state, stage)
+        times = []
+        for round_ in range(rounds + 1):
+            synchronize(fabric.device)
+            if round_ == 1 and fabric.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(fabric.device)
+            started = time.perf_counter()
+            engine.run_round(state, stage, round_)
+            synchronize(fabric.device)
+            times.append(time.perf_counter() - started)
+        peak = torch.cuda.max_memory_allocated(fabric.device) if fabric.device.type == "cuda" else 0.0
+        return times[1:], state["weights"][0], float(peak)
+
+
+def bare_rounds(device: torch.device, data: FederatedData, config: FederatedConfig, tasks: tuple[str, ...],
+                rounds: int, decoder_width: int, seed: int, bf16: bool) -> tuple[list[float], dict[str, Tensor]]:
+    """The same rounds written as a plain PyTorch FedAvg loop."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sampling.derive_seed(seed, "init", tasks))  # the engine's initial weights
+        model = MultiTaskModel(list(tasks), decoder_width=decoder_width)
+    model = model.to(device)
+    optimizer = sgd(model.parameters())
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    count = sampling.clients_per_round(config.clients_per_round, len(data.clients))
+    total_rounds = rounds + 2
+    times = []
+    for round_ in range(rounds + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        clients = sampling.sample_clients(seed, 0, round_, len(data.clients), count, 0.0)
+        lr = LR * (1.0 - round_ / total_rounds) ** config.poly_power
+        sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in weights.items()}
+        weight = 0.0
+        for client in clients:
+            model.load_state_dict(weights)
+            optimizer.state.clear()
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            gen = sampling.generator(seed, "batches", 0, round_, client, letters(tasks))
+            loader = make_loader(data.clients[client], config.batch_size, shuffle=True, generator=gen, drop_last=True)
+            for step, batch in enumerate(loader):
+                if step == config.local_steps:
+                    break
+                batch = hflip(batch, torch.rand(len(batch["rgb"]), generator=gen) < 0.5)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    preds = model(batch["rgb"])
+                loss = model.total_loss(model.task_losses(preds, batch))
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            size = float(len(data.clients[client]))
+            for key, value in model.state_dict().items():
+                sums[key] += value.detach().to(torch.float64) * size
+            weight += size
+        weights = {k: (sums[k] / weight).round().to(v.dtype) if not v.is_floating_point()
+                   else (sums[k] / weight).to(v.dtype) for k, v in weights.items()}
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times[1:], weights
+
+
+def compare(device: str, precision: str, tasks: tuple[str, ...], clients: int, rounds: int, local_steps: int,
+            batch: int, resolution: int, decoder_width: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Alternate engine and bare runs; return median seconds per round, their ratio and the engine's peak memory."""
+    # Each client holds exactly local_steps batches, so the loader-based bare loop sees the same batches.
+    data = SyntheticData(clients=clients, sizes=(batch * local_steps,), resolution=resolution, seed=seed).setup(tasks)
+    config = FederatedConfig(clients_per_round=clients, local_steps=local_steps, batch_size=batch,
+                             eval_every=10**6, flip=True)
+    fabric = Fabric(accelerator=device, devices=1, precision=precision)  # type: ignore[arg-type]
+    engine_times: list[float] = []
+    bare_times: list[float] = []
+    peak = 0.0
+    for _ in range(repeats):
+        times, engine_weights, peak = engine_rounds(fabric, data, config, tasks, rounds, decoder_width, seed)
+        engine_times += times
+        times, bare_weights = bare_rounds(fabric.device, data, config, tasks, rounds, decoder_width, seed,
+                                          precision.startswith("bf16"))
+        bare_times += times
+    worst = max((engine_weights[k].double() - v.double()).abs().max().item() for k, v in bare_weights.items())
+    engine_s, bare_s = statistics.median(engine_times), statistics.median(bare_times)
+    return {"engine_s": engine_s, "bare_s": bare_s, "ratio": engine_s / bare_s, "peak_mib": peak / 2**20,
+            "max_weight_diff": worst}
+
+
+def bench(device: str = "cpu", tasks: str = "sdnkt", clients: int = 4, rounds: int = 3, local_steps: int = 5,
+          batch: int = 16, resolution: int = 64, decoder_width: int = 32, repeats: int = 3, threads: int = 0,
+          memory_clients: tuple[int, int] = (4, 16)) -> None:
+    """Print the engine/bare ratio on ``device`` (and, on CUDA, bf16-mixed and peak memory vs clients).
+
+    Args:
+        device: "cpu" or "cuda".
+        tasks: task set of the one all-task model.
+        clients: clients per round (all clients of the synthetic federation train every round).
+        rounds: timed rounds per repeat (after one untimed warm-up round).
+        local_steps: optimiser steps per client per round.
+        batch: client batch size.
+        resolution: image side in pixels.
+        decoder_width: decoder width of the tiny preset model.
+        repeats: engine/bare alternations.
+        threads: torch CPU threads (0: leave torch's default).
+        memory_clients: clients per round compared for peak GPU memory.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    names = parse_tasks(tasks)
+    print(f"tasks {letters(names)}, {clients} clients x {local_steps} steps x batch {batch} at {resolution} px, "
+          f"{rounds} rounds x {repeats} repeats, torch threads {torch.get_num_threads()}")
+    precisions = ["32-true"] + (["bf16-mixed"] if device == "cuda" else [])
+    for precision in precisions:
+        r = compare(device, precision, names, clients, rounds, local_steps, batch, resolution, decoder_width, repeats)
+        print(f"{device} {precision}: engine {r['engine_s']:.4f} s/round, bare loop {r['bare_s']:.4f} s/round, "
+              f"ratio {r['ratio']:.3f} (max |weight difference| {r['max_weight_diff']:.2e})")
+    if device == "cuda":
+        for count in memory_clients:
+            r = compare(device, "bf16-mixed", names, count, 1, local_steps, batch, resolution, decoder_width, 1)
+            print(f"cuda bf16-mixed, {count} clients per round: peak GPU memory {r['peak_mib']:.1f} MiB")
+
+
+if __name__ == "__main__":
+    CLI(bench)
