@@ -8,8 +8,9 @@ accounting and one atomic checkpoint plus metrics.csv per round. Validation is s
 (``eval_every`` beyond the run), so the ratio measures the loop, not evaluation. Both loops end with the
 same global weights (checked), so they did the same work.
 
-Runs alternate (engine, bare, engine, bare, ...) so that a busy shared machine slows both alike; the
-ratio is of the medians of per-round times over all repeats. On CUDA it also runs bf16-mixed and reports
+Rounds alternate (engine round, bare round, engine round, ...) so that a busy shared machine slows both
+alike; the ratio is the median of the per-round ratios. The CPU-time ratio (process time) is printed too:
+on a machine shared with other jobs it is the steadier of the two. On CUDA it also runs bf16-mixed and reports
 the peak GPU memory of a round for a few and for many clients per round (the engine keeps one working
 model per group and a running sum, so the two should be about equal).
 
@@ -43,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from federated.synthetic import SyntheticData  # noqa: E402  (learnable in-memory data, any resolution)
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 1e-4
+Round = tuple[float, float, dict[str, Tensor], float]
+"""What each loop yields per round: wall seconds, process CPU seconds, global weights, peak GPU bytes."""
 
 
 def sgd(params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -55,30 +58,29 @@ def synchronize(device: torch.device) -> None:
 
 
 def engine_rounds(fabric: Fabric, data: FederatedData, config: FederatedConfig, tasks: tuple[str, ...],
-                  rounds: int, decoder_width: int, seed: int) -> tuple[list[float], dict[str, Tensor], float]:
-    """Per-round seconds of ``rounds`` engine rounds (after one warm-up round), final weights, peak bytes."""
+                  rounds: int, decoder_width: int, seed: int) -> Iterator[Round]:
+    """Yield (wall s, CPU s, global weights, peak bytes) after each engine round; round 0 is a warm-up."""
     with tempfile.TemporaryDirectory() as run_dir:
         engine = FederatedEngine(fabric, data, config, lambda g: MultiTaskModel(list(g), decoder_width=decoder_width),
                                  sgd, FedAvg(), seed, Path(run_dir))
         state = engine.new_state()
         stage = Stage("bench", [tasks], rounds + 2)  # never the stage's last round: no forced validation
         engine.start_stage(state, stage)
-        times = []
         for round_ in range(rounds + 1):
             synchronize(fabric.device)
-            if round_ == 1 and fabric.device.type == "cuda":
+            if fabric.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(fabric.device)
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             engine.run_round(state, stage, round_)
             synchronize(fabric.device)
-            times.append(time.perf_counter() - started)
-        peak = torch.cuda.max_memory_allocated(fabric.device) if fabric.device.type == "cuda" else 0.0
-        return times[1:], state["weights"][0], float(peak)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            peak = torch.cuda.max_memory_allocated(fabric.device) if fabric.device.type == "cuda" else 0
+            yield wall, cpu, state["weights"][0], float(peak)
 
 
 def bare_rounds(device: torch.device, data: FederatedData, config: FederatedConfig, tasks: tuple[str, ...],
-                rounds: int, decoder_width: int, seed: int, bf16: bool) -> tuple[list[float], dict[str, Tensor]]:
-    """The same rounds written as a plain PyTorch FedAvg loop."""
+                rounds: int, decoder_width: int, seed: int, bf16: bool) -> Iterator[Round]:
+    """The same rounds written as a plain PyTorch FedAvg loop; yields like :func:`engine_rounds`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(sampling.derive_seed(seed, "init", tasks))  # the engine's initial weights
         model = MultiTaskModel(list(tasks), decoder_width=decoder_width)
@@ -87,10 +89,9 @@ def bare_rounds(device: torch.device, data: FederatedData, config: FederatedConf
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     count = sampling.clients_per_round(config.clients_per_round, len(data.clients))
     total_rounds = rounds + 2
-    times = []
     for round_ in range(rounds + 1):
         synchronize(device)
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         clients = sampling.sample_clients(seed, 0, round_, len(data.clients), count, 0.0)
         lr = LR * (1.0 - round_ / total_rounds) ** config.poly_power
         sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in weights.items()}
@@ -121,30 +122,48 @@ def bare_rounds(device: torch.device, data: FederatedData, config: FederatedConf
         weights = {k: (sums[k] / weight).round().to(v.dtype) if not v.is_floating_point()
                    else (sums[k] / weight).to(v.dtype) for k, v in weights.items()}
         synchronize(device)
-        times.append(time.perf_counter() - started)
-    return times[1:], weights
+        yield time.perf_counter() - wall, time.process_time() - cpu, weights, 0.0
 
 
-def compare(device: str, precision: str, tasks: tuple[str, ...], clients: int, rounds: int, local_steps: int,
-            batch: int, resolution: int, decoder_width: int, repeats: int, seed: int = 0) -> dict[str, float]:
-    """Alternate engine and bare runs; return median seconds per round, their ratio and the engine's peak memory."""
+def setup(device: str, precision: str, tasks: tuple[str, ...], clients: int, local_steps: int, batch: int,
+          resolution: int, seed: int) -> tuple[Fabric, FederatedData, FederatedConfig]:
+    """Fabric, a synthetic federation where every client trains each round, and the engine options."""
     # Each client holds exactly local_steps batches, so the loader-based bare loop sees the same batches.
     data = SyntheticData(clients=clients, sizes=(batch * local_steps,), resolution=resolution, seed=seed).setup(tasks)
     config = FederatedConfig(clients_per_round=clients, local_steps=local_steps, batch_size=batch,
                              eval_every=10**6, flip=True)
-    fabric = Fabric(accelerator=device, devices=1, precision=precision)  # type: ignore[arg-type]
-    engine_times: list[float] = []
-    bare_times: list[float] = []
-    peak = 0.0
+    return Fabric(accelerator=device, devices=1, precision=precision), data, config  # type: ignore[arg-type]
+
+
+def engine_peak_mib(clients: int, tasks: tuple[str, ...], local_steps: int, batch: int, resolution: int,
+                    decoder_width: int, seed: int = 0) -> float:
+    """Peak CUDA memory of one bf16-mixed engine round (after a warm-up round), the engine alone on the GPU."""
+    fabric, data, config = setup("cuda", "bf16-mixed", tasks, clients, local_steps, batch, resolution, seed)
+    peaks = [r[3] for r in engine_rounds(fabric, data, config, tasks, 1, decoder_width, seed)]
+    return peaks[-1] / 2**20
+
+
+def compare(device: str, precision: str, tasks: tuple[str, ...], clients: int, rounds: int, local_steps: int,
+            batch: int, resolution: int, decoder_width: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Engine and bare rounds in lockstep (engine round r, bare round r, ...): median times and ratios.
+
+    Alternating single rounds pairs each engine round with a bare round run moments later, so load from
+    other jobs on a shared machine hits both alike; the ratio is the median of the per-pair ratios.
+    """
+    fabric, data, config = setup(device, precision, tasks, clients, local_steps, batch, resolution, seed)
+    pairs: list[tuple[Round, Round]] = []
+    worst = 0.0
     for _ in range(repeats):
-        times, engine_weights, peak = engine_rounds(fabric, data, config, tasks, rounds, decoder_width, seed)
-        engine_times += times
-        times, bare_weights = bare_rounds(fabric.device, data, config, tasks, rounds, decoder_width, seed,
-                                          precision.startswith("bf16"))
-        bare_times += times
-    worst = max((engine_weights[k].double() - v.double()).abs().max().item() for k, v in bare_weights.items())
-    engine_s, bare_s = statistics.median(engine_times), statistics.median(bare_times)
-    return {"engine_s": engine_s, "bare_s": bare_s, "ratio": engine_s / bare_s, "peak_mib": peak / 2**20,
+        engine = engine_rounds(fabric, data, config, tasks, rounds, decoder_width, seed)
+        bare = bare_rounds(fabric.device, data, config, tasks, rounds, decoder_width, seed,
+                           precision.startswith("bf16"))
+        for round_, (e, b) in enumerate(zip(engine, bare)):
+            worst = max(worst, max((e[2][k].double() - v.double()).abs().max().item() for k, v in b[2].items()))
+            if round_ > 0:  # round 0 warms up: allocator, first model build, the one FLOP count per group
+                pairs.append((e, b))
+    median = statistics.median
+    return {"engine_s": median(e[0] for e, _ in pairs), "bare_s": median(b[0] for _, b in pairs),
+            "ratio": median(e[0] / b[0] for e, b in pairs), "cpu_ratio": median(e[1] / b[1] for e, b in pairs),
             "max_weight_diff": worst}
 
 
@@ -175,11 +194,12 @@ def bench(device: str = "cpu", tasks: str = "sdnkt", clients: int = 4, rounds: i
     for precision in precisions:
         r = compare(device, precision, names, clients, rounds, local_steps, batch, resolution, decoder_width, repeats)
         print(f"{device} {precision}: engine {r['engine_s']:.4f} s/round, bare loop {r['bare_s']:.4f} s/round, "
-              f"ratio {r['ratio']:.3f} (max |weight difference| {r['max_weight_diff']:.2e})")
+              f"ratio {r['ratio']:.3f} (CPU-time ratio {r['cpu_ratio']:.3f}; "
+              f"max |weight difference| engine vs bare {r['max_weight_diff']:.2e})")
     if device == "cuda":
         for count in memory_clients:
-            r = compare(device, "bf16-mixed", names, count, 1, local_steps, batch, resolution, decoder_width, 1)
-            print(f"cuda bf16-mixed, {count} clients per round: peak GPU memory {r['peak_mib']:.1f} MiB")
+            peak = engine_peak_mib(count, names, local_steps, batch, resolution, decoder_width)
+            print(f"cuda bf16-mixed, {count} clients per round: peak GPU memory of a round {peak:.1f} MiB")
 
 
 if __name__ == "__main__":
