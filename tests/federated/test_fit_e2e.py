@@ -1,9 +1,9 @@
 """The real ``fit`` command, killed with SIGKILL mid-run and resumed with ``--resume auto``, ends exactly where an
 uninterrupted run of the same config ends: same per-task test losses and metrics, same groups, same metrics.csv.
 
-Each test starts the uninterrupted reference and the run to be killed side by side (two processes: most of
-their time is importing torch), kills the second as soon as its metrics.csv shows enough finished rounds (so
-during a later round, after a checkpoint exists), then reruns its command line with ``--resume auto``.
+Each test starts the uninterrupted reference and the runs to be killed side by side (most of a process's
+time is importing torch), kills each as soon as its metrics.csv shows enough finished rounds (so during a
+later round, after a checkpoint exists), then reruns its command line with ``--resume auto``.
 """
 
 from __future__ import annotations
@@ -80,34 +80,39 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(handle)]
 
 
-def kill_resume_and_compare(tmp_path: Path, kill_after: int, *extra: str) -> dict[str, Any]:
-    """Reference run and killed run side by side, then the resume; returns the (equal) results."""
+def kill_resume_and_compare(tmp_path: Path, kill_after: tuple[int, ...], *extra: str) -> dict[str, Any]:
+    """A reference run and one run per kill point side by side, then the resumes; returns the (equal) results."""
     reference = start(fit_command(tmp_path, "reference", *extra))
-    victim = start(fit_command(tmp_path, "killed", *extra))
-    kill_after_rounds(victim, tmp_path / "killed", kill_after)
-    resumed = finish(start(fit_command(tmp_path, "killed", *extra, "--resume=auto")))
+    victims = {rounds: start(fit_command(tmp_path, f"killed{rounds}", *extra)) for rounds in kill_after}
+    for rounds, victim in victims.items():
+        kill_after_rounds(victim, tmp_path / f"killed{rounds}", rounds)
+    resumes = {rounds: start(fit_command(tmp_path, f"killed{rounds}", *extra, "--resume=auto")) for rounds in victims}
     finish(reference)
-    assert "resumed from" in resumed and f"round {kill_after}" in resumed, resumed[-2000:]
-    expected, got = result(tmp_path / "reference"), result(tmp_path / "killed")
-    assert got == expected  # bit-identical: floats compared with ==, not approximately
-    assert metric_rows(tmp_path / "killed") == metric_rows(tmp_path / "reference")
-    assert len(metric_rows(tmp_path / "killed")) == 5  # no duplicated or lost round rows
-    return got
+    expected, rows = result(tmp_path / "reference"), metric_rows(tmp_path / "reference")
+    assert len(rows) == 5
+    for rounds, resume in resumes.items():
+        output = finish(resume)
+        assert "resumed from" in output and f"round {rounds}" in output, output[-2000:]
+        assert result(tmp_path / f"killed{rounds}") == expected  # bit-identical: floats compared with ==
+        assert metric_rows(tmp_path / f"killed{rounds}") == rows  # no duplicated, lost or changed round row
+    return expected
 
 
 def test_all_in_one_killed_mid_run_resumes_bit_identically(tmp_path: Path) -> None:
-    got = kill_resume_and_compare(tmp_path, 2)
+    got = kill_resume_and_compare(tmp_path, (2,))
     assert got["groups"] == ["dnt"] and got["samples_trained"] == 5 * 2 * 2 * 4
     assert set(got["test"]) == {"depth_zbuffer", "normal", "edge_texture"} and got["total_test_loss"] > 0
 
 
-def test_mas_killed_after_the_split_resumes_with_the_same_groups(tmp_path: Path) -> None:
+def test_mas_killed_before_and_after_the_split_resumes_with_the_same_groups(tmp_path: Path) -> None:
     mas = ("--method=mas_lightning.methods.MAS", "--method.split_round=2", "--method.lookahead_every=1")
-    got = kill_resume_and_compare(tmp_path, 3, *mas)  # killed during round 3; the split happened after round 1
+    # Killed during round 1, whose end decides the split (from affinity restored from the checkpoint), and
+    # during round 3, with the split groups in the checkpoint.
+    got = kill_resume_and_compare(tmp_path, (1, 3), *mas)
     split = got["stages"][0]["split"]
     assert split["round"] == 2 and split["affinity"]["rounds_measured"] == 2
     groups = [letters(g) for g in split["groups"]]
     assert sorted(got["groups"]) == sorted(groups)
-    assert [r["split"] for r in metric_rows(tmp_path / "killed")] == ["", "|".join(groups), "", "", ""]
-    affinity = [json.loads((tmp_path / run / "affinity.json").read_text()) for run in ("reference", "killed")]
+    assert [r["split"] for r in metric_rows(tmp_path / "killed3")] == ["", "|".join(groups), "", "", ""]
+    affinity = [json.loads((tmp_path / run / "affinity.json").read_text()) for run in ("reference", "killed1")]
     assert affinity[0] == affinity[1]
