@@ -14,8 +14,14 @@ on a machine shared with other jobs it is the steadier of the two. On CUDA it al
 the peak GPU memory of a round for a few and for many clients per round (the engine keeps one working
 model per group and a running sum, so the two should be about equal).
 
-    OMP_NUM_THREADS=2 .venv/bin/python experiments/bench_engine.py                 # CPU, tiny preset, 64 px
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench_engine.py --threads=1      # CPU, tiny preset, 64 px
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/bench_engine.py --threads=1 --resolution=32 --batch=4 \
+        --local_steps=2 --decoder_width=8 --rounds=6 --repeats=2                   # small rounds: fixed costs show
     .venv/bin/python experiments/bench_engine.py --device=cuda --resolution=256 --batch=32
+
+Measured on 2 shared CPU cores (torch 2.15): ratio 0.97 and 1.03 for the first command (about 5.2 s per
+round), 0.97 and 1.02 for the second (about 0.4 s per round; 1.11 and 1.12 before the engine's per-client
+path was made cheaper). Single threads: with OpenMP threads on cores other jobs also use, times swing widely.
 """
 
 from __future__ import annotations
