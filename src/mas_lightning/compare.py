@@ -1,0 +1,223 @@
+"""The ``compare`` command: every method on one task set over several seeds, as one table and one Pareto figure.
+
+Each (variant, seed) is an ordinary ``fit`` run, built exactly as if typed on the command line::
+
+    python -m mas_lightning fit -c <out>/shared.yaml --<key>=<value> ... --seed=S --out=<out>/runs
+        --name=<variant>-seed<S> --resume=auto
+
+so a variant is a handful of fit overrides (``method``, ``aggregator``, ``model.init_args.loss_weighting``)
+on top of the shared settings, and any single run can be repeated by hand. A run whose ``summary.json``
+exists is read instead of rerun and an unfinished one resumes from its checkpoint, so an interrupted
+comparison continues where it stopped. The results are rebuilt from the summaries every time:
+``comparison.md`` and ``comparison.csv`` (mean and sample standard deviation over seeds), ``runs.csv``
+(one row per run) and ``pareto.png`` (total test loss against training cost, as the paper's figures 6/7).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mas_lightning import cli
+from mas_lightning.errors import ConfigError
+from mas_lightning.tasks import TASKS, parse_tasks
+
+FIT_COMMAND = {"fit": "mas_lightning.fit:fit"}
+RESERVED = ("seed", "out", "name", "resume")
+"""Fit options that compare sets for every run itself."""
+COSTS = ("client_compute_s", "wall_s", "energy_j", "train_flops")
+FitOptions = dict[str, dict | list | str | int | float | bool | None]
+"""Fit options as plain YAML values: kept as written (``Any`` would make the parser build the objects)."""
+
+
+def compare(
+    shared: FitOptions,
+    variants: dict[str, FitOptions],
+    seeds: tuple[int, ...] = (0, 1, 2),
+    out: Path = Path("runs/compare"),
+    reference: str | None = "one-by-one",
+    dry_run: bool = False,
+    resolved_config: str | None = None,
+) -> dict[str, Any]:
+    """Run every method variant on one task set over several seeds; write a table and a Pareto figure.
+
+    Args:
+        shared: fit options common to all runs (data, tasks, model, engine, rounds, ...), as in a fit YAML.
+        variants: variant name -> fit options it overrides; keys may be dotted
+            (``model.init_args.loss_weighting``), values are what the fit command line would take.
+        seeds: training seeds; every variant runs once per seed.
+        out: comparison folder: runs in ``runs/``, tables and figure at the top.
+        reference: variant whose mean client compute time the table divides by (skipped when absent).
+        dry_run: check every run's configuration and print its fit command line, without training.
+    """
+    _check_options(shared, variants, seeds)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resolved_config is not None:
+        (out / "compare.yaml").write_text(resolved_config)
+    shared_file = out / "shared.yaml"
+    shared_file.write_text(yaml.safe_dump(shared, sort_keys=False))
+    runs_dir = out / "runs"
+    plan = [(variant, seed, _fit_argv(shared_file, overrides, seed, runs_dir, f"{variant}-seed{seed}"))
+            for variant, overrides in variants.items() for seed in seeds]
+    for variant in variants:  # every configuration is checked before the first run trains
+        _validate(variant, next(argv for v, _, argv in plan if v == variant))
+    if dry_run:
+        for _, _, argv in plan:
+            print("python -m mas_lightning " + shlex.join(argv))
+        return {"runs": len(plan)}
+
+    summaries: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
+    ran, skipped = [], []
+    for index, (variant, seed, argv) in enumerate(plan, 1):
+        run_name = f"{variant}-seed{seed}"
+        summary_file = runs_dir / run_name / "summary.json"
+        if summary_file.exists():
+            summary = json.loads(summary_file.read_text())
+            skipped.append(run_name)
+            print(f"[{index}/{len(plan)}] {run_name}: finished earlier, total test loss {summary['total_test_loss']:.4f}")
+        else:
+            print(f"[{index}/{len(plan)}] {run_name}: python -m mas_lightning {shlex.join(argv)}")
+            summary = cli.main(argv, commands=FIT_COMMAND)
+            ran.append(run_name)
+        summaries[variant].append(summary)
+
+    tasks = parse_tasks(summaries[next(iter(variants))][0]["tasks"])
+    rows = table_rows(summaries, tasks)
+    write_tables(rows, summaries, tasks, out, seeds, reference)
+    figure = out / "pareto.png"
+    from mas_lightning.plots import pareto_figure  # matplotlib only when a figure is drawn
+
+    pareto_figure(rows, figure, title=f"tasks {''.join(TASKS[t].letter for t in tasks)}, {len(seeds)} seeds")
+    print(f"comparison of {len(variants)} variants x {len(seeds)} seeds in {out / 'comparison.md'}; figure {figure}")
+    return {"rows": rows, "ran": ran, "skipped": skipped, "markdown": out / "comparison.md",
+            "csv": out / "comparison.csv", "figure": figure}
+
+
+def _check_options(shared: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> None:
+    if not variants:
+        raise ConfigError("variants: name at least one method variant")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={list(seeds)}: need at least one seed and no repeats")
+    for where, options in [("shared", shared), *((f"variants.{v}", o) for v, o in variants.items())]:
+        taken = [k for k in options if k.split(".")[0] in RESERVED]
+        if taken:
+            raise ConfigError(f"{where}: {taken} are set by compare for every run (seeds, out, run name, resume)")
+    for variant in variants:
+        if not variant or any(c in variant for c in "/\\ ") or variant.startswith("."):
+            raise ConfigError(f"variants: {variant!r} must be usable as a folder name (no spaces or slashes)")
+
+
+def _fit_argv(shared_file: Path, overrides: Mapping[str, Any], seed: int, runs_dir: Path, name: str) -> list[str]:
+    """The fit command line of one run: shared file, the variant's overrides, then what compare fixes."""
+    argv = ["fit", "-c", str(shared_file)]
+    argv += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    return [*argv, f"--seed={seed}", f"--out={runs_dir}", f"--name={name}", "--resume=auto"]
+
+
+def _validate(variant: str, argv: list[str]) -> None:
+    """Parse and build one variant's fit configuration and run the method's own checks, without training."""
+    parser = cli.build_parser(FIT_COMMAND)
+    try:
+        cfg = parser.parse_args(argv)
+    except SystemExit:
+        print(f"error: compare variant {variant!r} has an invalid fit configuration (see above)", file=sys.stderr)
+        raise
+    try:
+        fit = parser.instantiate_classes(cfg).fit
+        fit.method.check(parse_tasks(fit.tasks), fit.rounds)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"variant {variant!r}: {error}") from None
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); ``None`` when a value is unknown or the std undefined."""
+    if not values or any(v is None for v in values):
+        return None, None
+    numbers = [float(v) for v in values if v is not None]
+    return statistics.fmean(numbers), (statistics.stdev(numbers) if len(numbers) > 1 else None)
+
+
+def table_rows(summaries: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per variant: mean and std over seeds of the total and per-task test losses and of each cost."""
+    rows = []
+    for variant, runs in summaries.items():
+        groupings = Counter(" | ".join(run["groups"]) for run in runs)
+        row: dict[str, Any] = {
+            "variant": variant,
+            "method": runs[0]["method"],
+            "seeds": len(runs),
+            "groups": "; ".join(f"{g} (x{n})" if len(groupings) > 1 else g for g, n in groupings.items()),
+        }
+        columns = {"total_test_loss": [r["total_test_loss"] for r in runs]}
+        columns |= {f"test_loss/{t}": [r["test_loss"][t] for r in runs] for t in tasks}
+        columns |= {cost: [r.get(cost) for r in runs] for cost in COSTS}
+        for key, values in columns.items():
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
+        rows.append(row)
+    return rows
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], summaries: Mapping[str, Sequence[Mapping[str, Any]]],
+                 tasks: Sequence[str], out: Path, seeds: Sequence[int], reference: str | None) -> None:
+    """``comparison.csv`` (full precision, empty cell for unknown), ``runs.csv`` and ``comparison.md``."""
+    with (out / "comparison.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+    run_fields = ["variant", "seed", "method", "groups", "total_test_loss", *(f"test_loss/{t}" for t in tasks), *COSTS]
+    with (out / "runs.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=run_fields)
+        writer.writeheader()
+        for variant, runs in summaries.items():
+            for run in runs:
+                record = {"variant": variant, "seed": run["seed"], "method": run["method"],
+                          "groups": " | ".join(run["groups"]), "total_test_loss": run["total_test_loss"],
+                          **{f"test_loss/{t}": run["test_loss"][t] for t in tasks}, **{c: run.get(c) for c in COSTS}}
+                writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+    (out / "comparison.md").write_text(markdown_table(rows, tasks, seeds, reference))
+
+
+def _pm(mean: float | None, std: float | None, fmt: str) -> str:
+    if mean is None:
+        return "n/a"
+    return format(mean, fmt) + ("" if std is None else " ± " + format(std, fmt))
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
+                   reference: str | None) -> str:
+    """The table as Markdown: mean ± std over seeds, per-task losses as means, costs rounded."""
+    ref = next((r for r in rows if r["variant"] == reference), None)
+    ref_compute = ref["client_compute_s_mean"] if ref else None
+    letters = [TASKS[t].letter for t in tasks]
+    header = ["variant", "groups", "total test loss", *letters, "client compute (s)", "wall (s)", "energy (J)",
+              "train FLOPs"]
+    if ref_compute:
+        header.insert(header.index("wall (s)"), f"compute / {reference}")
+    lines = [
+        f"Tasks {''.join(letters)}; seeds {', '.join(map(str, seeds))}; mean ± sample standard deviation over seeds "
+        "(per-task columns: mean test loss). Energy is n/a where no counter was available.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    for row in rows:
+        cells = [row["variant"], row["groups"], _pm(row["total_test_loss_mean"], row["total_test_loss_std"], ".4f")]
+        cells += [_pm(row[f"test_loss/{t}_mean"], None, ".4f") for t in tasks]
+        cells.append(_pm(row["client_compute_s_mean"], row["client_compute_s_std"], ".1f"))
+        if ref_compute:
+            cells.append(f"{row['client_compute_s_mean'] / ref_compute:.2f}")
+        cells.append(_pm(row["wall_s_mean"], row["wall_s_std"], ".1f"))
+        cells.append(_pm(row["energy_j_mean"], row["energy_j_std"], ".0f"))
+        cells.append(_pm(row["train_flops_mean"], None, ".3g"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

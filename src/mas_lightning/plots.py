@@ -1,0 +1,93 @@
+"""Figures of a comparison: total test loss against training cost, one panel per measured cost.
+
+Like the paper's figures 6 and 7, a method is better the further down (lower loss) and left (cheaper) it
+sits; the dashed line joins the Pareto-optimal variants, those no other variant beats on both axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = (
+    ("client_compute_s", "client compute time (s)"),
+    ("train_flops", "training FLOPs"),
+    ("energy_j", "energy (J)"),
+)
+MARKERS = "osD^vP*Xh<>p"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (lower is better), by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _label_points(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, float]], colours: Sequence[Any],
+                  step: float = 11.0) -> None:
+    """Write each label beside its point, moving it up (in points) until it clears the labels already placed."""
+    ax.figure.canvas.draw()  # fixes the limits, so data -> display coordinates are final
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float]] = []  # x, y (points), label width (points)
+    for i in sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0])):
+        x, y = (v * to_points for v in ax.transData.transform(points[i]))
+        width = 5.5 * len(labels[i])
+        lift = 4.0
+        while any(abs(y + lift - py) < step and x < px + pw and px < x + width for px, py, pw in placed):
+            lift += step
+        placed.append((x, y + lift, width))
+        ax.annotate(labels[i], points[i], textcoords="offset points", xytext=(7, lift), fontsize=8, color=colours[i])
+
+
+def pareto_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """Draw total test loss (mean ± std over seeds) against each cost the rows carry; write a PNG.
+
+    Args:
+        rows: one mapping per variant with ``variant``, ``total_test_loss_mean``/``_std`` and
+            ``<cost>_mean``/``_std`` for the costs in :data:`PANELS` (a panel is left out when a cost is unknown).
+        path: where the PNG goes.
+        title: figure title.
+    """
+    panels = [(key, label) for key, label in PANELS if all(r.get(f"{key}_mean") is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (key, label) in zip(axes[0], panels):
+        points = [(r[f"{key}_mean"], r["total_test_loss_mean"]) for r in rows]
+        for i, row in enumerate(rows):
+            ax.errorbar(row[f"{key}_mean"], row["total_test_loss_mean"], xerr=row.get(f"{key}_std") or 0.0,
+                        yerr=row.get("total_test_loss_std") or 0.0, fmt=MARKERS[i % len(MARKERS)], ms=8, capsize=3,
+                        color=colours(i % 10), ecolor=(*colours(i % 10)[:3], 0.5), label=row["variant"])
+        front = [points[i] for i in pareto_front(points)]
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="grey", lw=1, zorder=0)
+        costs = [p[0] for p in points]
+        if min(costs) > 0 and max(costs) / min(costs) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(label + " (lower is cheaper)")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.12)
+        if ax.get_xscale() == "linear" and ax.get_xlim()[0] < 0 <= min(costs):
+            ax.set_xlim(left=0)  # a cost is never negative, even where mean - std is
+        _label_points(ax, [r["variant"] for r in rows], points, [colours(i % 10) for i in range(len(rows))])
+    axes[0][0].set_ylabel("total test loss (lower is better)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(rows), 5), fontsize=9, frameon=False)
+    fig.suptitle(f"Total test loss vs training cost{': ' + title if title else ''}  (error bars: std over seeds; "
+                 "dashed: Pareto front)", fontsize=10)
+    legend_rows = -(-len(rows) // 5)
+    fig.tight_layout(rect=(0, 0.06 * legend_rows + 0.02, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
