@@ -84,7 +84,8 @@ def compare(
         if summary_file.exists():
             summary = json.loads(summary_file.read_text())
             skipped.append(run_name)
-            print(f"[{index}/{len(plan)}] {run_name}: finished earlier, total test loss {summary['total_test_loss']:.4f}")
+            loss = summary["total_test_loss"]
+            print(f"[{index}/{len(plan)}] {run_name}: finished earlier, total test loss {loss:.4f}")
         else:
             print(f"[{index}/{len(plan)}] {run_name}: python -m mas_lightning {shlex.join(argv)}")
             summary = cli.main(argv, commands=FIT_COMMAND)
