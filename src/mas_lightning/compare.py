@@ -45,6 +45,7 @@ def compare(
     seeds: tuple[int, ...] = (0, 1, 2),
     out: Path = Path("runs/compare"),
     reference: str | None = "one-by-one",
+    only: list[str] | None = None,
     dry_run: bool = False,
     resolved_config: str | None = None,
 ) -> dict[str, Any]:
@@ -57,9 +58,15 @@ def compare(
         seeds: training seeds; every variant runs once per seed.
         out: comparison folder: runs in ``runs/``, tables and figure at the top.
         reference: variant whose mean client compute time the table divides by (skipped when absent).
+        only: run and tabulate just these variants (e.g. to time one, or to add one to a finished comparison).
         dry_run: check every run's configuration and print its fit command line, without training.
     """
     _check_options(shared, variants, seeds)
+    if only is not None:
+        unknown = [v for v in only if v not in variants]
+        if unknown or not only:
+            raise ConfigError(f"only={only}: name one or more of the variants {list(variants)}")
+        variants = {v: o for v, o in variants.items() if v in only}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if resolved_config is not None:
