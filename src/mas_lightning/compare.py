@@ -46,6 +46,7 @@ def compare(
     out: Path = Path("runs/compare"),
     reference: str | None = "one-by-one",
     only: list[str] | None = None,
+    overrides: tuple[str, ...] = (),
     dry_run: bool = False,
     resolved_config: str | None = None,
 ) -> dict[str, Any]:
@@ -59,9 +60,11 @@ def compare(
         out: comparison folder: runs in ``runs/``, tables and figure at the top.
         reference: variant whose mean client compute time the table divides by (skipped when absent).
         only: run and tabulate just these variants (e.g. to time one, or to add one to a finished comparison).
+        overrides: fit command-line options added last to every run, e.g. ``--data.init_args.root=/data``
+            (nested keys of ``shared`` cannot be overridden on the compare command line; these can).
         dry_run: check every run's configuration and print its fit command line, without training.
     """
-    _check_options(shared, variants, seeds)
+    _check_options(shared, variants, seeds, overrides)
     if only is not None:
         unknown = [v for v in only if v not in variants]
         if unknown or not only:
@@ -74,8 +77,8 @@ def compare(
     shared_file = out / "shared.yaml"
     shared_file.write_text(yaml.safe_dump(shared, sort_keys=False))
     runs_dir = out / "runs"
-    plan = [(variant, seed, _fit_argv(shared_file, overrides, seed, runs_dir, f"{variant}-seed{seed}"))
-            for variant, overrides in variants.items() for seed in seeds]
+    plan = [(variant, seed, _fit_argv(shared_file, options, overrides, seed, runs_dir, f"{variant}-seed{seed}"))
+            for variant, options in variants.items() for seed in seeds]
     for variant in variants:  # every configuration is checked before the first run trains
         _validate(variant, next(argv for v, _, argv in plan if v == variant))
     if dry_run:
@@ -111,7 +114,8 @@ def compare(
             "csv": out / "comparison.csv", "figure": figure}
 
 
-def _check_options(shared: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> None:
+def _check_options(shared: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
+                   overrides: Sequence[str]) -> None:
     if not variants:
         raise ConfigError("variants: name at least one method variant")
     if not seeds or len(set(seeds)) != len(seeds):
@@ -120,16 +124,20 @@ def _check_options(shared: Mapping[str, Any], variants: Mapping[str, Mapping[str
         taken = [k for k in options if k.split(".")[0] in RESERVED]
         if taken:
             raise ConfigError(f"{where}: {taken} are set by compare for every run (seeds, out, run name, resume)")
+    for option in overrides:
+        if not option.startswith("--") or option[2:].split("=")[0].split(".")[0] in RESERVED:
+            raise ConfigError(f"overrides: {option!r} must be a '--key=value' fit option other than {RESERVED}")
     for variant in variants:
         if not variant or any(c in variant for c in "/\\ ") or variant.startswith("."):
             raise ConfigError(f"variants: {variant!r} must be usable as a folder name (no spaces or slashes)")
 
 
-def _fit_argv(shared_file: Path, overrides: Mapping[str, Any], seed: int, runs_dir: Path, name: str) -> list[str]:
-    """The fit command line of one run: shared file, the variant's overrides, then what compare fixes."""
+def _fit_argv(shared_file: Path, variant: Mapping[str, Any], overrides: Sequence[str], seed: int, runs_dir: Path,
+              name: str) -> list[str]:
+    """The fit command line of one run: shared file, the variant's options, the overrides, what compare fixes."""
     argv = ["fit", "-c", str(shared_file)]
-    argv += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    return [*argv, f"--seed={seed}", f"--out={runs_dir}", f"--name={name}", "--resume=auto"]
+    argv += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in variant.items()]
+    return [*argv, *overrides, f"--seed={seed}", f"--out={runs_dir}", f"--name={name}", "--resume=auto"]
 
 
 def _validate(variant: str, argv: list[str]) -> None:
