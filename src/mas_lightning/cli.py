@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "data": "mas_lightning.data.preview:data",
     "fit": "mas_lightning.fit:fit",
     "central": "mas_lightning.central:central",
+    "compare": "mas_lightning.compare:compare",
 }
 
 
