@@ -186,6 +186,7 @@ def test_measuring_only_the_window_decides_the_same_for_less(tmp_path: Path) -> 
     assert len(full.history) == 3 and len(windowed.history) == 1
     assert torch.equal(windowed.averaged(), full.averaged())  # the same batches of the same last round
     assert method.split.decision["affinity"]["measurements"] == 3
+    assert 0 < windowed.seconds < full.seconds  # the time spent measuring is counted
 
 
 def test_a_fresh_merged_stage_forgets_the_previous_decision() -> None:

@@ -18,6 +18,7 @@ before round R passes ``first_round = R - window`` and gets the very same decisi
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -60,11 +61,12 @@ class AffinityCallback:
         self._active = False
         self._steps = 0  # local steps of the round so far, over its clients
         self.measurements = 0  # batches measured in this stage
+        self.seconds = 0.0  # wall time spent measuring in this stage (what the affinity costs)
 
     # ---------------------------------------------------------------- hooks
     def on_stage_start(self, engine: Any, state: dict[str, Any], stage: Any) -> None:
         if stage.name in self.stages:
-            self.tasks, self.history, self.measurements = tuple(stage.groups[0]), [], 0
+            self.tasks, self.history, self.measurements, self.seconds = tuple(stage.groups[0]), [], 0, 0.0
 
     def on_round_start(self, engine: Any, state: dict[str, Any], round_: int) -> None:
         self._active = (self._stage_name(state) in self.stages and len(state["groups"]) == 1
@@ -83,16 +85,19 @@ class AffinityCallback:
         if (self._steps - 1) % self.every:
             return
         settings = optimizer.param_groups[0]
+        started = time.perf_counter()
         try:
             with engine.fabric.autocast():
                 z = lookahead_affinity(model, batch, lr=float(settings["lr"]),
                                        weight_decay=float(settings.get("weight_decay", 0.0)),
                                        method=self.method, max_samples=self.max_samples)
+            z = z.detach().double().cpu()  # waits for an accelerator, so the time counted is the real cost
         except ValueError as error:
             # A task with zero loss on this batch (e.g. no labelled pixel) has no defined ratio: skip the batch.
             log.debug("affinity not measured at step %d of client %d: %s", step, client, error)
             return
-        z = z.detach().double().cpu()
+        finally:
+            self.seconds += time.perf_counter() - started
         self.measurements += 1
         self._client_sum = z if self._client_sum is None else self._client_sum + z
         self._client_count += 1
@@ -135,15 +140,16 @@ class AffinityCallback:
     def summary(self) -> dict[str, Any]:
         """The averaged matrix with its task order, for the stage result and summary.json."""
         return {"tasks": list(self.tasks), "matrix": self.averaged().tolist(),
-                "rounds_measured": len(self.history), "window": self.window, "measurements": self.measurements}
+                "rounds_measured": len(self.history), "window": self.window,
+                "measurements": self.measurements}  # no timing here: results must be bit-identical on resume
 
     def state_dict(self) -> dict[str, Any]:
         return {"tasks": list(self.tasks), "history": [h.clone() for h in self.history],
-                "measurements": self.measurements}
+                "measurements": self.measurements, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tasks, self.history = tuple(state["tasks"]), list(state["history"])
-        self.measurements = int(state.get("measurements", 0))
+        self.measurements, self.seconds = int(state.get("measurements", 0)), float(state.get("seconds", 0.0))
 
     @staticmethod
     def _stage_name(state: dict[str, Any]) -> str:
