@@ -74,8 +74,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_copies_attract_and_adversary_is_isolated(tmp_path: Path) -> None:
-    method = MAS(split_round=3, max_groups=2, lookahead_every=1, affinity_window=3)
+@pytest.mark.parametrize("affinity_method", ["exact", "first_order"])
+def test_copies_attract_and_adversary_is_isolated(tmp_path: Path, affinity_method: str) -> None:
+    method = MAS(split_round=3, max_groups=2, lookahead_every=1, affinity_window=3, affinity_method=affinity_method)
     summary = fit(
         data=SyntheticData(clients=4, sizes=(16,), resolution=16),
         tasks=[*COPIES, ADVERSARY],
