@@ -82,7 +82,7 @@ def test_compare_table_skip_resume_and_figure(tmp_path: Path) -> None:
         assert row["energy_j_mean"] == ""  # no counter on a CPU test machine: unknown, not zero
         assert int(row["seeds"]) == 2
     # One-by-one trains one single-task model per task: two groups, each task served alone.
-    assert table["one-by-one"]["groups"] == "d | n"
+    assert table["one-by-one"]["groups"] == "d / n"
     assert len(read_csv(tmp_path / "cmp" / "runs.csv")) == 4
     markdown = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| fedprox |" in markdown and "compute / one-by-one" in markdown

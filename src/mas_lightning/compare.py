@@ -108,7 +108,8 @@ def compare(
     figure = out / "pareto.png"
     from mas_lightning.plots import pareto_figure  # matplotlib only when a figure is drawn
 
-    pareto_figure(rows, figure, title=f"tasks {''.join(TASKS[t].letter for t in tasks)}, {len(seeds)} seeds")
+    seed_words = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
+    pareto_figure(rows, figure, title=f"tasks {''.join(TASKS[t].letter for t in tasks)}, {seed_words}")
     print(f"comparison of {len(variants)} variants x {len(seeds)} seeds in {out / 'comparison.md'}; figure {figure}")
     return {"rows": rows, "ran": ran, "skipped": skipped, "markdown": out / "comparison.md",
             "csv": out / "comparison.csv", "figure": figure}
@@ -167,7 +168,7 @@ def table_rows(summaries: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Sequ
     """One row per variant: mean and std over seeds of the total and per-task test losses and of each cost."""
     rows = []
     for variant, runs in summaries.items():
-        groupings = Counter(" | ".join(run["groups"]) for run in runs)
+        groupings = Counter(" / ".join(run["groups"]) for run in runs)
         row: dict[str, Any] = {
             "variant": variant,
             "method": runs[0]["method"],
@@ -197,7 +198,7 @@ def write_tables(rows: Sequence[Mapping[str, Any]], summaries: Mapping[str, Sequ
         for variant, runs in summaries.items():
             for run in runs:
                 record = {"variant": variant, "seed": run["seed"], "method": run["method"],
-                          "groups": " | ".join(run["groups"]), "total_test_loss": run["total_test_loss"],
+                          "groups": " / ".join(run["groups"]), "total_test_loss": run["total_test_loss"],
                           **{f"test_loss/{t}": run["test_loss"][t] for t in tasks}, **{c: run.get(c) for c in COSTS}}
                 writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
     (out / "comparison.md").write_text(markdown_table(rows, tasks, seeds, reference))

@@ -36,18 +36,22 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def _label_points(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, float]], colours: Sequence[Any],
                   step: float = 11.0) -> None:
-    """Write each label beside its point, moving it up (in points) until it clears the labels already placed."""
+    """Write each label right of its point, moved up (in points) until it clears the markers and earlier labels."""
     ax.figure.canvas.draw()  # fixes the limits, so data -> display coordinates are final
     to_points = 72.0 / ax.figure.dpi
-    placed: list[tuple[float, float, float]] = []  # x, y (points), label width (points)
+    where = [tuple(v * to_points for v in ax.transData.transform(p)) for p in points]
+    taken = [(x - 6.0, y, 12.0) for x, y in where]  # boxes (left, centre height, width) in points: markers first
     for i in sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0])):
-        x, y = (v * to_points for v in ax.transData.transform(points[i]))
-        width = 5.5 * len(labels[i])
-        lift = 4.0
-        while any(abs(y + lift - py) < step and x < px + pw and px < x + width for px, py, pw in placed):
+        x, y = where[i]
+        left, width = x + 7.0, 5.5 * len(labels[i])
+        lift = 0.0
+        while any(abs(y + lift - ty) < step and left < tx + tw and tx < left + width for tx, ty, tw in taken):
             lift += step
-        placed.append((x, y + lift, width))
-        ax.annotate(labels[i], points[i], textcoords="offset points", xytext=(7, lift), fontsize=8, color=colours[i])
+        taken.append((left, y + lift, width))
+        moved = lift > step  # far from its point: a thin leader line says whose label it is
+        leader = {"arrowstyle": "-", "lw": 0.6, "color": colours[i], "shrinkA": 0, "shrinkB": 4} if moved else None
+        ax.annotate(labels[i], points[i], textcoords="offset points", xytext=(7, lift), fontsize=8, color=colours[i],
+                    va="center", arrowprops=leader)
 
 
 def pareto_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
