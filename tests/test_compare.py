@@ -16,6 +16,7 @@ from mas_lightning.compare import mean_std
 from mas_lightning.errors import ConfigError
 from mas_lightning.plots import pareto_front
 
+ROOT = Path(__file__).resolve().parents[1]
 WITH_COMPARE = {**COMMANDS, "compare": "mas_lightning.compare:compare"}
 CONFIG = """\
 shared:
@@ -120,6 +121,8 @@ def test_reserved_keys_are_refused(tmp_path: Path) -> None:
         compare(shared={"tasks": "dn", "seed": 3}, variants={"a": {}}, out=tmp_path)
     with pytest.raises(ConfigError, match="folder name"):
         compare(shared={"tasks": "dn"}, variants={"a b": {}}, out=tmp_path)
+    with pytest.raises(ConfigError, match="overrides"):
+        compare(shared={"tasks": "dn"}, variants={"a": {}}, overrides=("--seed=4",), out=tmp_path)
 
 
 def test_mean_std_and_pareto_front_by_hand() -> None:
@@ -130,3 +133,16 @@ def test_mean_std_and_pareto_front_by_hand() -> None:
     # (cost, loss): C is beaten by B on both; D is the cheapest; A the most accurate.
     points = [(10.0, 0.5), (4.0, 0.7), (6.0, 0.8), (1.0, 0.9)]
     assert pareto_front(points) == [3, 1, 0]
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_presets_validate(preset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every variant of every preset parses, builds and passes its method's checks (a dry run trains nothing)."""
+    result = main(["compare", "-c", str(preset), f"--out={tmp_path}", "--dry_run=true"], commands=WITH_COMPARE)
+    lines = capsys.readouterr().out.splitlines()
+    assert result["runs"] == len(lines) == 24  # 8 variants x 3 seeds
+    assert all(line.startswith("python -m mas_lightning fit -c ") and "--resume=auto" in line for line in lines)
+    names = {line.split("--name=")[1].split()[0] for line in lines}
+    for variant in ("one-by-one", "all-in-one", "all-in-one+gradnorm", "all-in-one+fedprox", "tag-2", "hoa-2",
+                    "mas-2", "mas-3"):
+        assert {f"{variant}-seed{s}" for s in (0, 1, 2)} <= names

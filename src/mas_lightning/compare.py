@@ -79,8 +79,9 @@ def compare(
     runs_dir = out / "runs"
     plan = [(variant, seed, _fit_argv(shared_file, options, overrides, seed, runs_dir, f"{variant}-seed{seed}"))
             for variant, options in variants.items() for seed in seeds]
+    parser = cli.build_parser(FIT_COMMAND)
     for variant in variants:  # every configuration is checked before the first run trains
-        _validate(variant, next(argv for v, _, argv in plan if v == variant))
+        _validate(parser, variant, next(argv for v, _, argv in plan if v == variant))
     if dry_run:
         for _, _, argv in plan:
             print("python -m mas_lightning " + shlex.join(argv))
@@ -141,9 +142,8 @@ def _fit_argv(shared_file: Path, variant: Mapping[str, Any], overrides: Sequence
     return [*argv, *overrides, f"--seed={seed}", f"--out={runs_dir}", f"--name={name}", "--resume=auto"]
 
 
-def _validate(variant: str, argv: list[str]) -> None:
+def _validate(parser: Any, variant: str, argv: list[str]) -> None:
     """Parse and build one variant's fit configuration and run the method's own checks, without training."""
-    parser = cli.build_parser(FIT_COMMAND)
     try:
         cfg = parser.parse_args(argv)
     except SystemExit:
