@@ -168,7 +168,8 @@ class _Watched(MAS):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.every_round = AffinityCallback(("mas",), lookahead_every=kwargs["lookahead_every"], window=1)
+        self.every_round = AffinityCallback(("mas",), lookahead_every=kwargs["lookahead_every"], window=1,
+                                            method=self.affinity.method)
 
     def callbacks(self) -> list[Any]:
         return [*super().callbacks(), self.every_round]
