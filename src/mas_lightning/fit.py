@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,8 @@ def fit(
         raise ConfigError(f"rounds={rounds} must be >= 1")
     method.check(task_names, rounds)
     run_name = name or f"{type(method).__name__.lower()}-{''.join(t[0] for t in task_names)}-seed{seed}"
+    if name is None and os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        run_name += f"-{os.environ['WANDB_RUN_ID']}"  # sweep runs share a config: keep their folders apart
     run_dir = Path(out) / run_name
     callbacks = method.callbacks()
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
