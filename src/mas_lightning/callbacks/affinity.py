@@ -60,7 +60,8 @@ class AffinityCallback:
         self._round_weight = 0.0
         self._active = False
         self._steps = 0  # local steps of the round so far, over its clients
-        self.measurements = 0  # batches measured in this stage
+        self._round_measured = 0  # batches measured in this round on this rank
+        self.measurements = 0  # batches measured in this stage (all ranks), counted at each round's end
         self.seconds = 0.0  # wall time spent measuring in this stage (what the affinity costs)
 
     # ---------------------------------------------------------------- hooks
@@ -71,7 +72,7 @@ class AffinityCallback:
     def on_round_start(self, engine: Any, state: dict[str, Any], round_: int) -> None:
         self._active = (self._stage_name(state) in self.stages and len(state["groups"]) == 1
                         and round_ >= self.first_round)
-        self._round_sum, self._round_weight, self._steps = None, 0.0, 0
+        self._round_sum, self._round_weight, self._steps, self._round_measured = None, 0.0, 0, 0
 
     def on_client_start(self, engine: Any, state: dict[str, Any], client: int, group: tuple[str, ...]) -> None:
         self._client_sum, self._client_count = None, 0
@@ -98,7 +99,7 @@ class AffinityCallback:
             return
         finally:
             self.seconds += time.perf_counter() - started
-        self.measurements += 1
+        self._round_measured += 1
         self._client_sum = z if self._client_sum is None else self._client_sum + z
         self._client_count += 1
 
@@ -115,14 +116,16 @@ class AffinityCallback:
         if not self._active:
             return
         size = len(self.tasks)
-        packed = torch.zeros(size * size + 1, dtype=torch.float64)
+        packed = torch.zeros(size * size + 2, dtype=torch.float64)  # sums, weight, batches measured
         if self._round_sum is not None:
-            packed[:-1] = self._round_sum.reshape(-1)
-            packed[-1] = self._round_weight
+            packed[:-2] = self._round_sum.reshape(-1)
+            packed[-2] = self._round_weight
+        packed[-1] = self._round_measured
         if engine.fabric.world_size > 1:
             packed = engine.fabric.all_reduce(packed.to(engine.fabric.device), reduce_op="sum").cpu()
-        if packed[-1] > 0:
-            self.history.append((packed[:-1] / packed[-1]).view(size, size))
+        self.measurements += int(packed[-1])  # over all ranks, so every rank reports the same count
+        if packed[-2] > 0:
+            self.history.append((packed[:-2] / packed[-2]).view(size, size))
 
     def on_stage_end(self, engine: Any, state: dict[str, Any], stage: Any, result: dict[str, Any]) -> None:
         if stage.name in self.stages and self.history:
