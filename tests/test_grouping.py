@@ -275,3 +275,12 @@ def test_hoa_bad_input(pairs: dict, budget: float, message: str) -> None:
 def test_hoa_bad_cost_is_named() -> None:
     with pytest.raises(ValueError, match=r"network cost of \('a',\) must be a finite number > 0, got 0"):
         hoa_select(SINGLE, PAIRS, 3, network_cost=lambda g: 0)
+
+
+def test_blocks_with_lowest_are_exactly_the_subsets_holding_the_lowest_task() -> None:
+    from mas_lightning.bitsets import blocks_with_lowest, members
+
+    remaining = 0b101100  # tasks 2, 3, 5
+    blocks = list(blocks_with_lowest(remaining))
+    assert [members(b) for b in blocks] == [(2, 3, 5), (2, 5), (2, 3), (2,)]
+    assert list(blocks_with_lowest(0)) == []

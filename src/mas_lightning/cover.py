@@ -21,6 +21,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from mas_lightning.bitsets import blocks_with_lowest, members
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -63,7 +65,7 @@ def best_cover(values: np.ndarray, costs: Sequence[float], budget: float) -> tup
     options = _served_set_options(values, np.asarray(costs, dtype=np.float64))
     best_single = np.where(np.isfinite(values), values, -np.inf).max(axis=0)
     # Optimistic value of a set of remaining tasks: each gets its best value anywhere.
-    optimistic = np.array([best_single[[t for t in range(count) if m >> t & 1]].sum() for m in range(full + 1)])
+    optimistic = np.array([best_single[list(members(m))].sum() for m in range(full + 1)])
     scale = float(np.abs(values[np.isfinite(values)]).max(initial=1.0))
     tolerance = 1e-12 * max(1.0, scale) * count
     slack = 1e-9 * max(1.0, abs(budget))
@@ -76,20 +78,13 @@ def best_cover(values: np.ndarray, costs: Sequence[float], budget: float) -> tup
             if value > best["score"] + tolerance or (value >= best["score"] - tolerance and key < best["key"]):
                 best.update(score=value, key=key)
             return
-        lowest = remaining & -remaining
-        rest = remaining ^ lowest
-        sub = rest
-        while True:
-            block = sub | lowest
+        for block in blocks_with_lowest(remaining):
             after = remaining ^ block
             for cost, gain, candidate in options.get(block, ()):
                 if cost > left + slack:
                     break  # options are sorted by cost
                 if value + gain + optimistic[after] >= best["score"] - tolerance:
                     visit(after, left - cost, value + gain, [*picks, candidate])
-            if sub == 0:
-                return
-            sub = (sub - 1) & rest
 
     visit(full, float(budget), 0.0, [])
     if best["key"] is None:

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch import Tensor
 
+from mas_lightning.bitsets import blocks_with_lowest, members
+
 MAX_TASKS = 12
 """Exhaustive search beyond this many tasks is too slow (Bell(12) = 4.2 million partitions)."""
 
@@ -65,7 +67,7 @@ def best_split(affinity: Tensor | np.ndarray | Sequence[Sequence[float]], max_gr
         score = sum(group_sum[m] for m in masks) / count
         if best_key is not None and score < best_key[0] - tolerance:
             continue
-        groups = [_members(m) for m in masks]  # canonical already: blocks come out by lowest task
+        groups = [members(m) for m in masks]  # canonical already: blocks come out by lowest task
         if best_key is None or score > best_key[0] + tolerance or (len(groups), groups) < (best_key[1], best_key[2]):
             best_key = (score, len(groups), groups)
     assert best_key is not None  # max_groups >= 1 always admits the all-in-one set
@@ -108,12 +110,12 @@ def _group_score_sums(z: np.ndarray) -> np.ndarray:
     count = z.shape[0]
     sums = np.zeros(1 << count)
     for mask in range(1, 1 << count):
-        members = _members(mask)
-        if len(members) == 1:
-            sums[mask] = _self_affinity(z, members[0])
+        inside = members(mask)
+        if len(inside) == 1:
+            sums[mask] = _self_affinity(z, inside[0])
         else:
-            block = z[np.ix_(members, members)]
-            sums[mask] = (block.sum() - np.trace(block)) / (len(members) - 1)
+            block = z[np.ix_(inside, inside)]
+            sums[mask] = (block.sum() - np.trace(block)) / (len(inside) - 1)
     return sums
 
 
@@ -128,20 +130,9 @@ def _partitions(remaining: int, max_blocks: int) -> Iterator[tuple[int, ...]]:
         return
     if max_blocks == 0:
         return
-    lowest = remaining & -remaining
-    rest = remaining ^ lowest
-    sub = rest
-    while True:
-        block = sub | lowest
+    for block in blocks_with_lowest(remaining):
         for tail in _partitions(remaining ^ block, max_blocks - 1):
             yield (block, *tail)
-        if sub == 0:
-            return
-        sub = (sub - 1) & rest
-
-
-def _members(mask: int) -> tuple[int, ...]:
-    return tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
 
 
 def _check_max_groups(max_groups: int) -> None:

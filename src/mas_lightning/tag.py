@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor
 
+from mas_lightning.bitsets import members
 from mas_lightning.cover import Selection, best_cover
 from mas_lightning.grouping import as_affinity_matrix
 
@@ -52,5 +53,5 @@ def tag_select(affinity: Tensor | np.ndarray | Sequence[Sequence[float]], max_gr
 
 def _candidates(count: int) -> list[tuple[int, ...]]:
     """All subsets of at least two tasks, by size and then members."""
-    groups = [tuple(i for i in range(count) if mask >> i & 1) for mask in range(1, 1 << count)]
+    groups = [members(mask) for mask in range(1, 1 << count)]
     return sorted((g for g in groups if len(g) >= 2), key=lambda g: (len(g), g))
