@@ -108,9 +108,9 @@ def fit(
         if resolved_config is not None:
             (run_dir / "config.yaml").write_text(resolved_config)
     try:
-        # The first process of each machine renders or reads the data cache; the others then read it.
-        with fabric.rank_zero_first(local=True):
-            federated_data = data.setup(task_names)
+        # Every rank builds its own copy: the cache is written atomically, rendering takes about half a second,
+        # and a rank-0-first barrier would leave the other ranks waiting forever if rank 0 failed here.
+        federated_data = data.setup(task_names)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"data: {error}") from None
     return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
