@@ -68,7 +68,7 @@ def test_agent_command_parses_into_the_swept_config(path: Path, monkeypatch: pyt
         for key, value in sample.items():
             assert cfg.fit[key] == value, (key, cfg.fit[key], value)
         assert cfg.fit.logger == "wandb"  # the metric must reach W&B
-        fit = parser.instantiate_classes(cfg).fit  # constructors accept the values
+        fit = parser.instantiate(cfg).fit  # constructors accept the values
         fit.method.check(parse_tasks(fit.tasks), fit.rounds)
 
 

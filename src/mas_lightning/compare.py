@@ -150,7 +150,7 @@ def _validate(parser: Any, variant: str, argv: list[str]) -> None:
         print(f"error: compare variant {variant!r} has an invalid fit configuration (see above)", file=sys.stderr)
         raise
     try:
-        fit = parser.instantiate_classes(cfg).fit
+        fit = parser.instantiate(cfg).fit
         fit.method.check(parse_tasks(fit.tasks), fit.rounds)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"variant {variant!r}: {error}") from None
