@@ -19,7 +19,6 @@ A variant is written ``method[:samples]@every``, e.g. ``exact@10`` or ``first_or
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,15 +33,13 @@ from lightning.fabric import Fabric
 from mas_lightning.affinity import lookahead_affinity
 from mas_lightning.callbacks import AffinityCallback
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
+from mas_lightning.data.synthetic import random_batch
 from mas_lightning.federated.aggregation import FedAvg
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.engine import FederatedEngine
 from mas_lightning.grouping import best_split, split_score
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from toy_model import taskonomy_batch  # noqa: E402  (the random batch in the documented convention)
 
 STAGE = "merged"
 
@@ -107,7 +104,7 @@ def step(tasks: list[str] | None = None, preset: str = "tiny", batch_size: int =
     for task_set in tasks or ["sdnkt", "all"]:
         torch.manual_seed(seed)
         model = MultiTaskModel(task_set, preset=preset).to(where).train()  # type: ignore[arg-type]
-        batch = {k: v.to(where) for k, v in taskonomy_batch(model.tasks, batch_size, resolution, seed).items()}
+        batch = {k: v.to(where) for k, v in random_batch(model.tasks, batch_size, resolution, seed).items()}
         for name, seconds, ratio in _step_rows(model, batch, repeats, where):
             print(f"{len(model.tasks):>5} {name:<28} {1000 * seconds:>9.1f} {ratio:>7.2f}", flush=True)
 

@@ -27,7 +27,6 @@ path was made cheaper). Single threads: with OpenMP threads on cores other jobs 
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,15 +38,13 @@ from lightning.fabric import Fabric
 from torch import Tensor
 
 from mas_lightning.data.base import FederatedData, hflip, make_loader
+from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.federated import sampling
 from mas_lightning.federated.aggregation import FedAvg
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.engine import FederatedEngine
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from federated.synthetic import SyntheticData  # noqa: E402  (learnable in-memory data, any resolution)
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 1e-4
 Round = tuple[float, float, dict[str, Tensor], float]

@@ -18,21 +18,14 @@ from contextlib import nullcontext
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mas_lightning.data.synthetic import random_batch
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.model.presets import PRESETS
-from mas_lightning.tasks import TASKS
 
 
-def random_batch(tasks: tuple[str, ...], n: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Inputs and targets of the right shapes and dtypes (values do not matter for speed)."""
-    batch = {"rgb": torch.rand(n, 3, size, size), "mask": torch.rand(n, 1, size, size) > 0.1}
-    for task in tasks:
-        spec = TASKS[task]
-        if spec.kind == "classification":
-            batch[task] = torch.randint(0, spec.channels, (n, size, size))
-        else:
-            batch[task] = torch.rand(n, spec.channels, size, size)
-    return {k: v.to(device) for k, v in batch.items()}
+def device_batch(tasks: tuple[str, ...], n: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A random batch on ``device`` (values do not matter for speed)."""
+    return {k: v.to(device) for k, v in random_batch(tasks, n, size).items()}
 
 
 def train_step(model: MultiTaskModel, batch: dict[str, torch.Tensor], autocast: bool) -> None:
@@ -69,7 +62,7 @@ def seconds_per_image(
 
 def flops_per_image(model: MultiTaskModel, size: int) -> tuple[float, float]:
     """(forward, forward + backward) FLOPs for one image, counted by torch."""
-    batch = random_batch(model.tasks, 1, size, torch.device("cpu"))
+    batch = device_batch(model.tasks, 1, size, torch.device("cpu"))
     with FlopCounterMode(display=False) as counter:
         model(batch["rgb"])
     forward = counter.get_total_flops()
@@ -109,7 +102,7 @@ def main() -> None:
             runs.append(("cuda", "bf16", args.cuda_batch, True))
         for device, dtype, batch_size, autocast in runs:
             model.to(device)
-            batch = random_batch(model.tasks, batch_size, preset.resolution, torch.device(device))
+            batch = device_batch(model.tasks, batch_size, preset.resolution, torch.device(device))
             median, fastest = seconds_per_image(model, batch, args.steps, autocast)
             print(
                 f"{name:<6} {preset.encoder_name:<13} {preset.resolution:>4} {params:>9.2f} {encoder:>6.2f}"

@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
-from toy_model import ToyMultiTaskModel, taskonomy_batch, toy_batch
+from toy_model import ToyMultiTaskModel, toy_batch
 
 from mas_lightning.affinity import METHODS, lookahead_affinity
+from mas_lightning.data.synthetic import random_batch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -213,7 +214,7 @@ def test_real_multitask_model_matches_reference_and_is_restored() -> None:
 
     torch.manual_seed(0)
     model = MultiTaskModel("sdnk", decoder_width=8).train()
-    batch = taskonomy_batch(model.tasks)
+    batch = random_batch(model.tasks)
     buffers = [b.clone() for b in model.buffers()]
     params = [p.detach().clone() for p in model.parameters()]
 

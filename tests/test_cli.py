@@ -9,7 +9,7 @@ import pytest
 
 from mas_lightning.cli import main
 
-SYNTHETIC = ["--data", '{"class_path": "federated.synthetic.SyntheticData", "init_args": {"clients": 3}}']
+SYNTHETIC = ["--data", '{"class_path": "mas_lightning.data.synthetic.SyntheticData", "init_args": {"clients": 3}}']
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -40,7 +40,7 @@ def test_bad_config_exits_2_naming_the_key(args: list[str], needle: str, capsys:
 def test_config_file_with_short_flag_and_override(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(
-        "data:\n  class_path: federated.synthetic.SyntheticData\n  init_args: {clients: 3, resolution: 32}\n"
+        "data:\n  class_path: mas_lightning.data.synthetic.SyntheticData\n  init_args: {clients: 3, resolution: 32}\n"
         "tasks: dn\nrounds: 5\nengine: {clients_per_round: 2, batch_size: 4, local_steps: 1}\n"
         f"model:\n  class_path: mas_lightning.model.MultiTaskModel\n  init_args: {{decoder_width: 8}}\n"
         f"out: {tmp_path}\nname: cli\n"

@@ -21,7 +21,7 @@ WITH_COMPARE = {**COMMANDS, "compare": "mas_lightning.compare:compare"}
 CONFIG = """\
 shared:
   data:
-    class_path: federated.synthetic.SyntheticData
+    class_path: mas_lightning.data.synthetic.SyntheticData
     init_args: {clients: 3, resolution: 32}
   tasks: dn
   rounds: 2

@@ -87,24 +87,3 @@ def toy_batch(
             size, 1, side, side, generator=g, dtype=dtype
         )
     return batch
-
-
-def taskonomy_batch(tasks: Sequence[str], size: int = 4, side: int = 32, seed: int = 0) -> dict[str, Tensor]:
-    """A random batch in the documented sample convention (``mas_lightning.data.base``) for the real model."""
-    from mas_lightning.tasks import SEGMENTATION_IGNORE_INDEX, TASKS
-
-    g = torch.Generator().manual_seed(seed)
-    batch = {
-        "rgb": torch.rand(size, 3, side, side, generator=g),
-        "mask": torch.rand(size, 1, side, side, generator=g) > 0.2,
-    }
-    for task in tasks:
-        spec = TASKS[task]
-        if spec.kind == "classification":
-            # Labelled everywhere but a few pixels, so the loss is never the "nothing labelled" zero.
-            labels = torch.randint(1, spec.channels, (size, side, side), generator=g)
-            unlabelled = torch.rand(size, side, side, generator=g) < 0.1
-            batch[task] = torch.where(unlabelled, SEGMENTATION_IGNORE_INDEX, labels)
-        else:
-            batch[task] = torch.rand(size, spec.channels, side, side, generator=g)
-    return batch

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from federated.test_fit_e2e import TESTS, finish, fit_command, metric_rows, result, start
+from federated.test_fit_e2e import finish, fit_command, metric_rows, result, start
 
 AUDIT = '''
 """Record every file or folder that this process creates, writes, renames or removes under MAS_WATCH."""
@@ -51,7 +51,7 @@ def test_two_cpu_processes_match_one_and_only_rank_zero_writes(tmp_path: Path) -
     mas = ("--method=mas_lightning.methods.MAS", "--method.split_round=2", "--method.lookahead_every=1",
            "--engine.clients_per_round=3", "--rounds=4")
     single = start(fit_command(out, "one", *mas))
-    path = os.pathsep.join([str(hook), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     double = start(fit_command(out, "two", *mas, "--devices=2", "--strategy=ddp"),
                    PYTHONPATH=path, MAS_WATCH=str(out / "two"), MAS_WRITE_LOG=str(log))
     output = finish(double)

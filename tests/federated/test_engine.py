@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from federated.synthetic import SyntheticData
 from lightning.fabric import Fabric
 
+from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.federated.aggregation import FedAvg, fedavg
 from mas_lightning.federated.checkpoint import load_checkpoint
 from mas_lightning.federated.config import FederatedConfig, Stage

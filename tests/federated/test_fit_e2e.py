@@ -20,7 +20,6 @@ from typing import Any
 
 from mas_lightning.tasks import letters
 
-TESTS = Path(__file__).resolve().parents[1]
 TIMING_KEYS = ("wall_s", "client_compute_s", "energy_j", "session_wall_s")
 """Summary fields that measure this machine's time and energy, not the result: they differ between runs."""
 
@@ -29,7 +28,7 @@ def fit_command(out: Path, name: str, *extra: str) -> list[str]:
     """A tiny federated run: 4 synthetic clients at 32 px, 3 tasks, 2 clients x 2 local steps per round."""
     return [
         sys.executable, "-m", "mas_lightning", "fit",
-        "--data", '{"class_path": "federated.synthetic.SyntheticData", "init_args": {"clients": 4}}',
+        "--data", '{"class_path": "mas_lightning.data.synthetic.SyntheticData", "init_args": {"clients": 4}}',
         "--tasks", "dnt", "--rounds", "5", "--engine.clients_per_round", "2", "--engine.batch_size", "4",
         "--engine.local_steps", "2", "--model.decoder_width", "8", "--accelerator", "cpu",
         f"--out={out}", f"--name={name}", *extra,
@@ -37,9 +36,8 @@ def fit_command(out: Path, name: str, *extra: str) -> list[str]:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment plus ``tests/`` on the path (for SyntheticData) and one thread per process."""
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+    """The test's environment with one thread per process."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
 
 
 def start(command: list[str], **env: str) -> subprocess.Popen[str]:

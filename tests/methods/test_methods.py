@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from federated.synthetic import SyntheticData
 from jsonargparse import ArgumentParser
 
 from mas_lightning.callbacks import AffinityCallback
 from mas_lightning.cli import COMMANDS, build_parser
+from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.errors import ConfigError
 from mas_lightning.federated.aggregation import FedProx
 from mas_lightning.federated.checkpoint import load_checkpoint

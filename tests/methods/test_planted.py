@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from federated.synthetic import SyntheticData
 from torch import Tensor, nn
 
+from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.federated.config import FederatedConfig
 from mas_lightning.fit import fit
 from mas_lightning.methods import MAS
