@@ -30,14 +30,14 @@ import torch
 from jsonargparse import CLI
 from lightning.fabric import Fabric
 
-from mas_lightning.affinity import lookahead_affinity
-from mas_lightning.callbacks import AffinityCallback
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
 from mas_lightning.data.synthetic import random_batch
 from mas_lightning.federated.aggregation import FedAvg
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.engine import FederatedEngine
-from mas_lightning.grouping import best_split, split_score
+from mas_lightning.grouping.lookahead import lookahead_affinity
+from mas_lightning.grouping.mas_split import best_split, split_score
+from mas_lightning.methods.affinity_measurement import AffinityCallback
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from toy_model import ToyMultiTaskModel, toy_batch
 
-from mas_lightning.affinity import METHODS, lookahead_affinity
 from mas_lightning.data.synthetic import random_batch
+from mas_lightning.grouping.lookahead import METHODS, lookahead_affinity
 
 
 @pytest.fixture(autouse=True, scope="module")

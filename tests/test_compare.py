@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from mas_lightning.cli import COMMANDS, main
-from mas_lightning.compare import mean_std
+from mas_lightning.commands.compare import mean_std
 from mas_lightning.errors import ConfigError
-from mas_lightning.plots import pareto_front
+from mas_lightning.report.pareto import pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
-WITH_COMPARE = {**COMMANDS, "compare": "mas_lightning.compare:compare"}
+WITH_COMPARE = {**COMMANDS, "compare": "mas_lightning.commands.compare:compare"}
 CONFIG = """\
 shared:
   data:
@@ -115,7 +115,7 @@ def test_bad_variant_fails_before_any_training(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_reserved_keys_are_refused(tmp_path: Path) -> None:
-    from mas_lightning.compare import compare
+    from mas_lightning.commands.compare import compare
 
     with pytest.raises(ConfigError, match="seed"):
         compare(shared={"tasks": "dn", "seed": 3}, variants={"a": {}}, out=tmp_path)

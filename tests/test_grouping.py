@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mas_lightning.grouping import best_split, split_score, task_scores
-from mas_lightning.hoa import hoa_select
-from mas_lightning.tag import tag_select
+from mas_lightning.grouping.hoa_selection import hoa_select
+from mas_lightning.grouping.mas_split import best_split, split_score, task_scores
+from mas_lightning.grouping.tag_selection import tag_select
 
 # ---------------------------------------------------------------- independent brute force (no shared code)
 
@@ -278,7 +278,7 @@ def test_hoa_bad_cost_is_named() -> None:
 
 
 def test_blocks_with_lowest_are_exactly_the_subsets_holding_the_lowest_task() -> None:
-    from mas_lightning.bitsets import blocks_with_lowest, members
+    from mas_lightning.grouping.bitsets import blocks_with_lowest, members
 
     remaining = 0b101100  # tasks 2, 3, 5
     blocks = list(blocks_with_lowest(remaining))

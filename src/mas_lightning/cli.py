@@ -23,10 +23,10 @@ RESOLVED_CONFIG = "resolved_config"
 """A command parameter of this name is hidden from the CLI and receives the resolved config as YAML."""
 
 COMMANDS: dict[str, str] = {
-    "data": "mas_lightning.data.preview:data",
-    "fit": "mas_lightning.fit:fit",
-    "central": "mas_lightning.central:central",
-    "compare": "mas_lightning.compare:compare",
+    "data": "mas_lightning.commands.preview:data",
+    "fit": "mas_lightning.commands.fit:fit",
+    "central": "mas_lightning.commands.central:central",
+    "compare": "mas_lightning.commands.compare:compare",
 }
 
 

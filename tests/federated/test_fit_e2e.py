@@ -103,7 +103,7 @@ def test_all_in_one_killed_mid_run_resumes_bit_identically(tmp_path: Path) -> No
 
 
 def test_mas_killed_before_and_after_the_split_resumes_with_the_same_groups(tmp_path: Path) -> None:
-    mas = ("--method=mas_lightning.methods.MAS", "--method.split_round=2", "--method.lookahead_every=1")
+    mas = ("--method=mas_lightning.methods.MAS", "--method.split_round=2", "--method.affinity.every=1")
     # Killed during round 1, whose end decides the split (from affinity restored from the checkpoint), and
     # during round 3, with the split groups in the checkpoint.
     got = kill_resume_and_compare(tmp_path, (1, 3), *mas)

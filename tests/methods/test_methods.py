@@ -16,18 +16,18 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 
-from mas_lightning.callbacks import AffinityCallback
 from mas_lightning.cli import COMMANDS, build_parser
+from mas_lightning.commands.fit import fit
 from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.errors import ConfigError
 from mas_lightning.federated.aggregation import FedProx
 from mas_lightning.federated.checkpoint import load_checkpoint
 from mas_lightning.federated.config import FederatedConfig, Stage
-from mas_lightning.fit import fit
-from mas_lightning.hoa import hoa_select
+from mas_lightning.grouping.hoa_selection import hoa_select
+from mas_lightning.grouping.tag_selection import tag_select
 from mas_lightning.methods import HOA, MAS, TAG, AllInOne, Method, OneByOne
+from mas_lightning.methods.affinity_measurement import AffinityCallback
 from mas_lightning.model import GradNorm, MultiTaskModel
-from mas_lightning.tag import tag_select
 from mas_lightning.tasks import letters, parse_tasks
 
 TASKS = "sdn"

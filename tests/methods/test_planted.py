@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mas_lightning.commands.fit import fit
 from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.federated.config import FederatedConfig
-from mas_lightning.fit import fit
 from mas_lightning.methods import MAS
 
 COPIES = ("depth_zbuffer", "keypoints2d")

@@ -11,7 +11,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from model.model_fake_data import FakeSource, as_is
 
-from mas_lightning.central import ClientUnion, RandomHFlip, central
+from mas_lightning.commands.central import ClientUnion, RandomHFlip, central
 from mas_lightning.data.base import TensorTaskDataset
 from mas_lightning.errors import ConfigError
 from mas_lightning.model import EqualWeighting, MultiTaskModel

@@ -17,11 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode
 log = logging.getLogger(__name__)
 
 
-def new_cost() -> dict[str, Any]:
-    """The cost record kept in the checkpoint (so a resumed run keeps counting)."""
-    return {"wall_s": 0.0, "client_s": 0.0, "train_flops": 0.0, "energy_j": 0.0, "energy_available": True, "samples": 0}
-
-
 def train_flops_per_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
     """FLOPs of one forward and backward pass per sample, counted by torch's flop counter."""
     was_training = model.training

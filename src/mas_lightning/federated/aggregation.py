@@ -1,4 +1,4 @@
-"""Server aggregation: FedAvg and FedProx as small strategies over pure, typed arithmetic.
+"""Where the server aggregates: the :class:`Aggregator` strategies (FedAvg, FedProx) over pure, typed arithmetic.
 
 The engine never keeps one state per client: each finished client is added to a running weighted sum
 (:class:`WeightedSum`), so memory is one extra model per group whatever the number of clients. Sums are
@@ -9,6 +9,7 @@ and rounded back to their integer type.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -91,24 +92,36 @@ class WeightedSum:
         return out
 
 
-class FedAvg:
-    """Federated averaging (McMahan et al. 2017): the new global state is the sample-weighted mean.
+class Aggregator(ABC):
+    """A server strategy: how clients' updates become the next global state, and what clients add to their loss.
 
-    Subclasses change one hook: :meth:`client_penalty` (added to each client's loss) or
-    :meth:`server_update` (how the averaged state becomes the next global state).
+    Subclasses implement :meth:`server_update` and may override :meth:`client_penalty`; the engine calls
+    both for every strategy alike.
     """
 
-    def client_penalty(self, model: nn.Module, global_params: Mapping[str, Tensor]) -> Tensor | None:
-        """Extra term of the client loss; ``None`` for plain FedAvg."""
+    def client_penalty(self, model: nn.Module, global_state: Mapping[str, Tensor]) -> Tensor | None:
+        """Extra term of a client's loss at each local step (``None``: nothing added).
+
+        Args:
+            model: the client's working model, training.
+            global_state: the round's global state of that model (by ``state_dict`` key), never modified.
+        """
         return None
 
+    @abstractmethod
     def server_update(self, global_state: State, averaged: State) -> State:
         """Next global state from the current one and the clients' weighted mean."""
+
+
+class FedAvg(Aggregator):
+    """Federated averaging (McMahan et al. 2017): the new global state is the sample-weighted mean."""
+
+    def server_update(self, global_state: State, averaged: State) -> State:
         return averaged
 
 
 class FedProx(FedAvg):
-    """FedProx (Li et al. 2020): clients minimise ``loss + mu/2 * ||w - w_global||^2``.
+    """FedProx (Li et al. 2020): clients minimise ``loss + mu/2 * ||w - w_global||^2``; the server averages.
 
     Args:
         mu: weight of the proximal term; 0 is FedAvg.
@@ -119,10 +132,10 @@ class FedProx(FedAvg):
             raise ValueError(f"FedProx mu must be >= 0, got {mu}")
         self.mu = mu
 
-    def client_penalty(self, model: nn.Module, global_params: Mapping[str, Tensor]) -> Tensor | None:
+    def client_penalty(self, model: nn.Module, global_state: Mapping[str, Tensor]) -> Tensor | None:
         if self.mu == 0:
             return None
-        return proximal_term(model.named_parameters(), global_params, self.mu)
+        return proximal_term(model.named_parameters(), global_state, self.mu)
 
 
 def proximal_term(params: Iterable[tuple[str, Tensor]], global_params: Mapping[str, Tensor], mu: float) -> Tensor:

@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from mas_lightning.federated.callbacks import Callback, load_callback_states, save_callback_states
+from mas_lightning.federated.state import RunState
+
 LAST = "last.pt"
 
 
@@ -35,6 +38,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_state(state: RunState, callbacks: list[Callback], folder: Path) -> Path:
+    """Checkpoint the run: ``state`` with every callback's own state inside it (by ``state_key``)."""
+    save_callback_states(callbacks, state)
+    return save_checkpoint(dict(state), folder)
+
+
+def load_state(path: Path, callbacks: list[Callback], device: torch.device) -> RunState:
+    """Read a run's checkpoint: the state with its weights on ``device``, and give callbacks their state back."""
+    state: RunState = load_checkpoint(path)  # type: ignore[assignment]
+    state["weights"] = [{k: v.to(device) for k, v in w.items()} for w in state["weights"]]
+    load_callback_states(callbacks, state)
+    return state
 
 
 def find_resume(resume: bool | str | Path, folder: Path) -> Path | None:

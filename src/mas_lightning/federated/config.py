@@ -52,18 +52,28 @@ class Stage:
     """A stretch of federated training: some task groups, one model each, trained side by side for rounds.
 
     Attributes:
-        name: label in logs and results (e.g. ``"merge"``, ``"one-by-one/d"``).
+        name: label in logs and results (e.g. ``"mas/merge"``, ``"one-by-one/d"``).
         groups: the task groups; every round each sampled client trains one model per group, one after
             another (a device holds one model at a time).
         rounds: rounds of this stage.
-        init: initial global state per group (by position); ``None`` entries start from fresh weights.
+        init: where each group's model starts: ``"fresh"`` (new weights, seeded by the group), or
+            ``"previous"``: the previous stage's single model cut to the group's tasks (its shared encoder
+            and the group's own decoders, via ``model.subset``), as MAS's groups start from the merged model.
+        continues: the stage goes on with the previous stage's round clock: its rounds are numbered after
+            the previous stage's, and the learning-rate schedule and the seeds of client sampling and batch
+            order go on as if the run had not been cut into two stages.
+        schedule_rounds: length of the learning-rate schedule the stage starts (None: its own rounds); a
+            stage that a continuing stage will extend (MAS's merge) names the whole length here.
         final: whether these models serve tasks in the final result (test-evaluated at the stage's end).
+        meta: what the method decided before the stage (e.g. TAG's serving map), kept in its result.
     """
 
     name: str
     groups: list[tuple[str, ...]]
     rounds: int
-    init: list[dict[str, Any] | None] | None = None
+    init: Literal["fresh", "previous"] = "fresh"
+    continues: bool = False
+    schedule_rounds: int | None = None
     final: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -72,3 +82,7 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: rounds must be >= 0, got {self.rounds}")
         if not self.groups or any(not g for g in self.groups):
             raise ValueError(f"stage {self.name!r}: needs non-empty task groups, got {self.groups}")
+        if self.schedule_rounds is not None and self.schedule_rounds < self.rounds:
+            raise ValueError(f"stage {self.name!r}: schedule_rounds={self.schedule_rounds} < rounds={self.rounds}")
+        if self.init not in ("fresh", "previous"):
+            raise ValueError(f"stage {self.name!r}: init must be 'fresh' or 'previous', got {self.init!r}")

@@ -1,61 +1,45 @@
-"""The Fabric-driven federated loop: many virtual clients per device, exact resume, several devices.
+"""The Fabric-driven federated loop: stages of rounds over many virtual clients, exact resume, several devices.
 
-One run is a sequence of :class:`~mas_lightning.federated.config.Stage` s chosen by a method. Each round
-of a stage samples clients; every sampled client trains one model per task group, starting from that
-group's global weights, for some local steps; the server averages the client states. The loop keeps one
-working model and one optimiser per group and per device and reuses them for every client: switching
-client copies the global weights in place and clears the optimiser state, so nothing is built per client
-and memory does not grow with the number of clients (updates go into a running weighted sum).
+One run is a sequence of :class:`~mas_lightning.federated.config.Stage` s named by a method. Each round of
+a stage samples clients; every sampled client trains one model per task group from that group's global
+weights (:mod:`mas_lightning.federated.client`); the server adds each client's state to a running weighted
+sum and the :class:`~mas_lightning.federated.aggregation.Aggregator` turns the mean into the next global
+state. With several devices or nodes each rank trains its share of the round's clients and the weighted
+sums are all-reduced, so every rank holds the same new global state.
 
-With several devices or nodes (``devices``/``num_nodes`` of Fabric) each rank trains its share of the
-round's clients and the weighted sums are all-reduced, so every rank holds the same new global state.
-
-Hooks, fired with ``fabric.call`` on the callbacks given to Fabric (each receives the engine first):
-
-- ``on_fit_start(engine, state)`` / ``on_fit_end(engine, state)``
-- ``on_stage_start(engine, state, stage)`` / ``on_stage_end(engine, state, stage, result)``: a callback may
-  add entries to ``result`` (e.g. the measured affinity) that later stages read from ``state["history"]``.
-- ``on_round_start(engine, state, round)``
-- ``on_client_start(engine, state, client, group)`` / ``on_client_end(engine, state, client, group, model)``
-- ``on_train_batch_end(engine, state, model, batch, losses, optimizer, client, group, step)``: after the
-  optimiser step; ``losses`` are the unweighted per-task losses of that batch.
-- ``on_round_end(engine, state, round, row)``: after aggregation and evaluation, before the checkpoint; a
-  callback may replace ``state["groups"]`` and ``state["weights"]`` (this is how MAS splits).
-
-Everything that must survive a crash lives in ``state`` (see :meth:`FederatedEngine.new_state`), which is
-the checkpoint; callbacks with a ``state_dict``/``load_state_dict`` pair are saved inside it.
+Hooks and their typed contexts are listed in :mod:`mas_lightning.federated.callbacks`. Everything that must
+survive a crash lives in the :class:`~mas_lightning.federated.state.RunState`, which is the checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric import Fabric
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
-from mas_lightning.data.base import FederatedData, hflip, make_loader
+from mas_lightning import seeding
+from mas_lightning.data.base import FederatedData
 from mas_lightning.federated import accounting, sampling
-from mas_lightning.federated.aggregation import FedAvg, WeightedSum, is_finite_state
-from mas_lightning.federated.checkpoint import save_checkpoint
+from mas_lightning.federated.aggregation import Aggregator, WeightedSum, is_finite_state
+from mas_lightning.federated.callbacks import Callback, FitContext, RoundContext, StageContext
+from mas_lightning.federated.checkpoint import save_state
+from mas_lightning.federated.client import LocalTrainer, ModelFactory, OptimizerFactory
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.evaluation import evaluate
-from mas_lightning.federated.records import write_metrics_csv
+from mas_lightning.federated.state import Clock, RunState, StageResult, Weights
 from mas_lightning.tasks import letters
 
 log = logging.getLogger(__name__)
 
-ModelFactory = Callable[[tuple[str, ...]], nn.Module]
-OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
-
 
 class FederatedEngine:
-    """Runs stages of federated rounds; see the module docstring for the loop and its hooks."""
+    """Runs stages of federated rounds; see the module docstring for the loop."""
 
     def __init__(
         self,
@@ -64,112 +48,104 @@ class FederatedEngine:
         config: FederatedConfig,
         model_factory: ModelFactory,
         optimizer_factory: OptimizerFactory,
-        aggregator: FedAvg,
+        aggregator: Aggregator,
         seed: int,
         run_dir: Path,
         metrics_factory: Callable[[tuple[str, ...]], Any] | None = None,
-        callbacks: list[Any] | None = None,
+        callbacks: list[Callback] | None = None,
         progress: Callable[[], None] | None = None,
     ) -> None:
-        self.fabric, self.data, self.config = fabric, data, config
-        self.model_factory, self.optimizer_factory, self.aggregator = model_factory, optimizer_factory, aggregator
-        self.seed, self.run_dir, self.metrics_factory, self.progress = seed, run_dir, metrics_factory, progress
+        self.fabric, self.data, self.config, self.aggregator = fabric, data, config, aggregator
+        self.model_factory, self.seed, self.run_dir = model_factory, seed, run_dir
+        self.metrics_factory, self.progress = metrics_factory, progress
         self.callbacks = list(callbacks or [])  # the same objects Fabric fires hooks on; their state is saved
         self.per_round = sampling.clients_per_round(config.clients_per_round, len(data.clients))
         self.energy = accounting.EnergyMeter(fabric.device)
-        self._working: dict[tuple[str, ...], tuple[nn.Module, Optimizer, float]] = {}
+        self.trainer = LocalTrainer(fabric, config, model_factory, optimizer_factory, aggregator)
+        self._last_val: tuple[int, int, dict[str, dict[str, float]]] | None = None  # (stage, round, per group)
 
-    # ----------------------------------------------------------------- state
-    @staticmethod
-    def new_state() -> dict[str, Any]:
-        """The run's flat state: counters, current groups and global weights, history, costs."""
-        return {
-            "stage": 0,
-            "round": 0,
-            "stage_started": False,
-            "stage_name": "",
-            "groups": [],
-            "weights": [],
-            "history": [],
-            "metrics": [],
-            "cost": accounting.new_cost(),
-            "failed_rounds": 0,
-            "flops_per_sample": {},
-            "callbacks": {},
-        }
-
-    def fresh_weights(self, group: tuple[str, ...]) -> dict[str, Tensor]:
+    # ----------------------------------------------------------------- stages
+    def fresh_weights(self, group: tuple[str, ...]) -> Weights:
         """Initial weights of a group's model, the same on every rank and in every resumed run."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sampling.derive_seed(self.seed, "init", group))
+            torch.manual_seed(seeding.derive_seed(self.seed, "init", group))
             model = self.model_factory(group)
         return {k: v.to(self.fabric.device) for k, v in model.state_dict().items()}
 
-    def start_stage(self, state: dict[str, Any], stage: Stage) -> None:
-        """Load a stage's groups and initial weights into ``state``."""
-        init = stage.init or [None] * len(stage.groups)
-        state["groups"] = [tuple(g) for g in stage.groups]
-        state["weights"] = [
-            {k: v.to(self.fabric.device) for k, v in w.items()} if w is not None else self.fresh_weights(tuple(g))
-            for g, w in zip(stage.groups, init, strict=True)
-        ]
-        state["round"], state["failed_rounds"], state["stage_started"] = 0, 0, True
-        state["stage_name"] = stage.name
+    def start_stage(self, state: RunState, stage: Stage) -> None:
+        """Set a stage's clock, groups and initial weights in ``state``."""
+        groups = [tuple(g) for g in stage.groups]
+        if stage.init == "previous":
+            if len(state["groups"]) != 1:
+                raise ValueError(f"stage {stage.name!r} starts from the previous stage's model, which must be one "
+                                 f"model; the previous stage had groups {[letters(g) for g in state['groups']]}")
+            merged = self.load_global(state["groups"][0], state["weights"][0])
+            weights = [{k: v.detach().clone() for k, v in merged.subset(list(g)).state_dict().items()}
+                       for g in groups]
+        else:
+            weights = [self.fresh_weights(g) for g in groups]
+        if stage.continues and state["history"]:
+            previous = state["history"][-1]["clock"]
+            first = previous["first_round"] + state["history"][-1]["rounds"]
+            clock = Clock(seed_stage=previous["seed_stage"], first_round=first,
+                          schedule_rounds=max(previous["schedule_rounds"], first + stage.rounds))
+        else:
+            schedule = stage.schedule_rounds or stage.rounds
+            clock = Clock(seed_stage=state["stage"], first_round=0, schedule_rounds=schedule)
+        state.update(groups=groups, weights=weights, clock=clock, round=0, failed_rounds=0, stage_started=True,
+                     stage_name=stage.name)
 
-    def working(self, group: tuple[str, ...]) -> tuple[nn.Module, Optimizer, float]:
-        """The reusable (model, optimiser, base lr) of a group on this device, built on first use."""
-        if group not in self._working:
-            model = self.model_factory(group).to(self.fabric.device)
-            optimizer = self.fabric.setup_optimizers(self.optimizer_factory(model.parameters()))
-            base_lr = float(optimizer.param_groups[0]["lr"])
-            self._working[group] = (model, optimizer, base_lr)
-        return self._working[group]
-
-    # ----------------------------------------------------------------- loop
-    def run_stage(self, state: dict[str, Any], stage: Stage) -> dict[str, Any]:
+    def run_stage(self, state: RunState, stage: Stage) -> StageResult:
         """Train ``stage`` from ``state["round"]`` to its end; return its result (val/test per group)."""
-        fabric = self.fabric
         if not state["stage_started"]:
             self.start_stage(state, stage)
-            fabric.call("on_stage_start", self, state, stage)
+            self.fabric.call("on_stage_start", StageContext(self, state, stage))
         for round_ in range(state["round"], stage.rounds):
             self.run_round(state, stage, round_)
-        result: dict[str, Any] = {
-            "name": stage.name,
-            "groups": [list(g) for g in state["groups"]],
-            "final": stage.final,
-            "val": {},
-            "test": {},
-        }
+        result = StageResult(name=stage.name, groups=[list(g) for g in state["groups"]], final=stage.final,
+                             rounds=stage.rounds, clock=dict(state["clock"]), val={}, test={})
         if stage.meta:  # what the method decided before the stage (e.g. TAG/HOA serving), read back by serving()
             result["meta"] = stage.meta
+        validated: dict[str, dict[str, float]] = {}
+        if self._last_val is not None and self._last_val[:2] == (state["stage"], stage.rounds - 1):
+            validated = self._last_val[2]
         for group, weights in zip(state["groups"], state["weights"], strict=True):
+            key = letters(group)
             model = self.load_global(group, weights)
-            result["val"][letters(group)] = self.evaluate(model, self.data.val)
+            # The last round has just validated these very weights: reuse, never evaluate them twice.
+            result["val"][key] = validated.get(key) or self.evaluate(model, self.data.val)
             if stage.final:
-                result["test"][letters(group)] = self.evaluate(model, self.data.test)
-        fabric.call("on_stage_end", self, state, stage, result)
+                result["test"][key] = self.evaluate(model, self.data.test)
+        self.fabric.call("on_stage_end", StageContext(self, state, stage), result)
         return result
 
-    def run_round(self, state: dict[str, Any], stage: Stage, round_: int) -> None:
+    # ----------------------------------------------------------------- rounds
+    def run_round(self, state: RunState, stage: Stage, round_: int) -> None:
         """One round: sample, train each group on each of this rank's clients, aggregate, evaluate, save."""
-        fabric, cfg = self.fabric, self.config
+        fabric, cfg, clock = self.fabric, self.config, state["clock"]
         started = time.perf_counter()
         self.energy.start()
-        fabric.call("on_round_start", self, state, round_)
+        run_round = clock["first_round"] + round_
+        ctx = RoundContext(self, state, stage, round_, run_round)
+        fabric.call("on_round_start", ctx)
         clients = sampling.sample_clients(
-            self.seed, state["stage"], round_, len(self.data.clients), self.per_round, cfg.client_dropout
+            self.seed, clock["seed_stage"], run_round, len(self.data.clients), self.per_round, cfg.client_dropout
         )
         mine = clients[fabric.global_rank :: fabric.world_size]
-        factor = (1.0 - round_ / max(stage.rounds, 1)) ** cfg.poly_power if cfg.lr_decay == "poly" else 1.0
+        progress = run_round / max(clock["schedule_rounds"], 1)
+        factor = (1.0 - progress) ** cfg.poly_power if cfg.lr_decay == "poly" else 1.0
         totals = torch.zeros(4, dtype=torch.float64)  # client seconds, samples, dropped updates, FLOPs
         updated = 0
         for g, group in enumerate(state["groups"]):
             total = WeightedSum.zeros_like(state["weights"][g])
             for client in mine:
-                seconds, samples, ok = self.train_client(state, group, g, client, round_, factor, total)
-                flops = samples * state["flops_per_sample"].get(letters(group), 0.0)
-                totals += torch.tensor([seconds, samples, 0.0 if ok else 1.0, flops], dtype=torch.float64)
+                gen = seeding.generator(self.seed, "batches", clock["seed_stage"], run_round, client, letters(group))
+                update = self.trainer.train(ctx, group, state["weights"][g], client, self.data.clients[client],
+                                            factor, gen)
+                ok = self._add_update(total, update.model, client, group, run_round)
+                flops = update.samples * state["flops_per_sample"].get(letters(group), 0.0)
+                totals += torch.tensor([update.seconds, update.samples, 0.0 if ok else 1.0, flops],
+                                       dtype=torch.float64)
                 if self.progress is not None:
                     self.progress()
             if fabric.world_size > 1:
@@ -181,8 +157,8 @@ class FederatedEngine:
         if fabric.world_size > 1:  # on the device: NCCL cannot reduce CPU tensors
             totals = fabric.all_reduce(totals.to(fabric.device), reduce_op="sum").cpu()
         self._check_failures(state, stage, round_, updated, len(clients))
-        row = self._round_row(state, stage, round_, clients, factor, totals)
-        fabric.call("on_round_end", self, state, round_, row)
+        row = self._round_row(state, stage, round_, run_round, clients, factor, totals)
+        fabric.call("on_round_end", ctx, row)
         self._account(state, started, totals)
         row["wall_s"] = round(time.perf_counter() - started, 4)
         state["metrics"].append(row)
@@ -190,106 +166,33 @@ class FederatedEngine:
         self.save(state)
         fabric.log_dict({k: v for k, v in row.items() if isinstance(v, int | float)}, step=len(state["metrics"]))
 
-    def train_client(
-        self,
-        state: dict[str, Any],
-        group: tuple[str, ...],
-        g: int,
-        client: int,
-        round_: int,
-        factor: float,
-        total: WeightedSum,
-    ) -> tuple[float, int, bool]:
-        """Local training of one client for one group; adds its state to ``total``. Returns (s, samples, ok)."""
-        fabric = self.fabric
-        started = time.perf_counter()
-        model = self.load_global(group, state["weights"][g])
-        _, optimizer, base_lr = self.working(group)
-        optimizer.state.clear()  # a client starts each round with fresh optimiser state, as in the reference
-        for param_group in optimizer.param_groups:
-            param_group["lr"] = base_lr * factor
-        model.train()
-        global_params = dict(model.named_parameters()) if type(self.aggregator) is not FedAvg else {}
-        global_params = {k: v.detach().clone() for k, v in global_params.items()}
-        fabric.call("on_client_start", self, state, client, group)
-        gen = sampling.generator(self.seed, "batches", state["stage"], round_, client, letters(group))
-        samples = 0
-        for step, batch in enumerate(self._batches(self.data.clients[client], gen)):
-            batch = fabric.to_device(batch)
-            key = letters(group)
-            if key not in state["flops_per_sample"]:
-                sub = {k: v[:2] for k, v in batch.items()}
-                state["flops_per_sample"][key] = accounting.train_flops_per_sample(model, sub)
-            with fabric.autocast():
-                preds = model(batch["rgb"])
-            losses = model.task_losses(preds, batch)
-            loss = model.total_loss(losses)
-            penalty = self.aggregator.client_penalty(model, global_params) if global_params else None
-            if penalty is not None:
-                loss = loss + penalty
-            fabric.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            samples += len(batch["rgb"])
-            fabric.call("on_train_batch_end", self, state, model, batch, losses, optimizer, client, group, step)
-        fabric.call("on_client_end", self, state, client, group, model)
+    def _add_update(self, total: WeightedSum, model: nn.Module, client: int, group: tuple[str, ...],
+                    run_round: int) -> bool:
+        """Add a client's trained state to the round's sum, unless it holds NaN/Inf (then warn and drop it)."""
         client_state = model.state_dict()
-        ok = is_finite_state(client_state)
-        if ok:
+        if is_finite_state(client_state):
             total.add(client_state, float(len(self.data.clients[client])))
-        else:
-            log.warning(
-                "client %d (%s) sent a NaN/Inf update for group %s in round %d: dropped from the aggregate",
-                client,
-                self.data.client_names[client],
-                letters(group),
-                round_,
-            )
-        return time.perf_counter() - started, samples, ok
+            return True
+        log.warning("client %d (%s) sent a NaN/Inf update for group %s in round %d: dropped from the aggregate",
+                    client, self.data.client_names[client], letters(group), run_round)
+        return False
 
-    def _batches(self, dataset: Any, gen: torch.Generator) -> Iterator[dict[str, Tensor]]:
-        """A client's local batches: shuffled epochs (or a fixed number of steps), optionally flipped."""
-        cfg = self.config
-        size = len(dataset)
-        loader = make_loader(dataset, cfg.batch_size, shuffle=True, generator=gen, drop_last=size >= cfg.batch_size)
-        steps = 0
-        for _ in range(cfg.local_epochs if cfg.local_steps is None else 10**9):
-            for batch in loader:
-                if cfg.flip:
-                    batch = hflip(batch, torch.rand(len(batch["rgb"]), generator=gen) < 0.5)
-                yield batch
-                steps += 1
-                if cfg.local_steps is not None and steps >= cfg.local_steps:
-                    return
-
-    def load_global(self, group: tuple[str, ...], weights: dict[str, Tensor]) -> nn.Module:
+    def load_global(self, group: tuple[str, ...], weights: Weights) -> nn.Module:
         """The group's working model with ``weights`` copied in place."""
-        model = self.working(group)[0]
-        live = model.state_dict(keep_vars=True)
-        if live.keys() != weights.keys() or any(v.shape != weights[k].shape for k, v in live.items()):
-            model.load_state_dict(weights)  # raises with load_state_dict's own message naming the mismatch
-            return model
-        # Runs for every client: one fused copy is several times cheaper than load_state_dict's per-module walk.
-        with torch.no_grad():
-            torch._foreach_copy_(list(live.values()), [weights[k] for k in live])
-        return model
+        return self.trainer.load(group, weights)
 
     def evaluate(self, model: nn.Module, dataset: Any) -> dict[str, float]:
         """Per-task losses and metrics of ``model`` on ``dataset``."""
         return evaluate(self.fabric, model, dataset, self.config.eval_batch_size, self.metrics_factory)
 
     # ----------------------------------------------------------------- bookkeeping
-    def _check_failures(self, state: dict[str, Any], stage: Stage, round_: int, updated: int, sampled: int) -> None:
+    def _check_failures(self, state: RunState, stage: Stage, round_: int, updated: int, sampled: int) -> None:
         if updated > 0:
             state["failed_rounds"] = 0
             return
         state["failed_rounds"] += 1
-        log.warning(
-            "round %d of stage %r: no client update survived (%d sampled); global weights unchanged",
-            round_,
-            stage.name,
-            sampled,
-        )
+        log.warning("round %d of stage %r: no client update survived (%d sampled); global weights unchanged",
+                    round_, stage.name, sampled)
         if state["failed_rounds"] >= self.config.max_failed_rounds:
             raise RuntimeError(
                 f"stage {stage.name!r}: {state['failed_rounds']} consecutive rounds without a valid client update "
@@ -297,27 +200,22 @@ class FederatedEngine:
                 f"or raise engine.max_failed_rounds (now {self.config.max_failed_rounds})."
             )
 
-    def _round_row(
-        self, state: dict[str, Any], stage: Stage, round_: int, clients: list[int], factor: float, totals: Tensor
-    ) -> dict[str, Any]:
-        cfg = self.config
-        row: dict[str, Any] = {
-            "stage": stage.name,
-            "round": round_,
-            "clients": len(clients),
-            "dropped_updates": int(totals[2]),
-            "lr_factor": round(factor, 6),
-        }
-        if (round_ + 1) % cfg.eval_every == 0 or round_ + 1 == stage.rounds:
-            total = 0.0
+    def _round_row(self, state: RunState, stage: Stage, round_: int, run_round: int, clients: list[int],
+                   factor: float, totals: Tensor) -> dict[str, Any]:
+        row: dict[str, Any] = {"stage": stage.name, "round": run_round, "clients": len(clients),
+                               "dropped_updates": int(totals[2]), "lr_factor": round(factor, 6)}
+        if (run_round + 1) % self.config.eval_every == 0 or round_ + 1 == stage.rounds:
+            total, per_group = 0.0, {}
             for group, weights in zip(state["groups"], state["weights"], strict=True):
                 metrics = self.evaluate(self.load_global(group, weights), self.data.val)
+                per_group[letters(group)] = metrics
                 total += metrics["total_loss"]
                 row.update({f"val/{k}": v for k, v in metrics.items() if k != "total_loss"})
             row["val/total_loss"] = total
+            self._last_val = (state["stage"], round_, per_group)
         return row
 
-    def _account(self, state: dict[str, Any], started: float, totals: Tensor) -> None:
+    def _account(self, state: RunState, started: float, totals: Tensor) -> None:
         cost = state["cost"]
         cost["wall_s"] += time.perf_counter() - started
         cost["client_s"] += float(totals[0])
@@ -334,12 +232,9 @@ class FederatedEngine:
         else:
             cost["energy_j"] += joules
 
-    def save(self, state: dict[str, Any]) -> None:
-        """Checkpoint ``state`` (rank 0 writes; every rank waits) and rewrite metrics.csv from it."""
-        for callback in self.callbacks:
-            if hasattr(callback, "state_dict"):
-                state["callbacks"][type(callback).__name__] = callback.state_dict()
+    def save(self, state: RunState) -> None:
+        """Checkpoint ``state`` with every callback's state (rank 0 writes; every rank waits), then fire ``on_save``."""
         if self.fabric.global_rank == 0:
-            save_checkpoint(state, self.run_dir / "checkpoints")
-            write_metrics_csv(state["metrics"], self.run_dir / "metrics.csv")
+            save_state(state, self.callbacks, self.run_dir / "checkpoints")
+        self.fabric.call("on_save", FitContext(self, state))
         self.fabric.barrier()

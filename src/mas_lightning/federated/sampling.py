@@ -9,20 +9,11 @@ of devices.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
+from mas_lightning.seeding import derive_seed, generator
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed determined by ``parts`` (stable across processes and Python versions)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def generator(*parts: object) -> torch.Generator:
-    """A CPU generator seeded by :func:`derive_seed` of ``parts``."""
-    return torch.Generator().manual_seed(derive_seed(*parts))
+__all__ = ["clients_per_round", "derive_seed", "generator", "sample_clients"]
 
 
 def clients_per_round(count_or_fraction: int | float, num_clients: int) -> int:

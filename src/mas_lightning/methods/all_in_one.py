@@ -6,14 +6,13 @@ all-in-one runs with another configuration rather than methods of their own.
 
 from __future__ import annotations
 
-from typing import Any
-
 from mas_lightning.federated.config import Stage
+from mas_lightning.federated.state import StageResult
 from mas_lightning.methods.base import Method
 
 
 class AllInOne(Method):
     """Train one model holding every task for the whole round budget."""
 
-    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[dict[str, Any]]) -> Stage | None:
+    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
         return Stage("all-in-one", [tasks], rounds) if not history else None

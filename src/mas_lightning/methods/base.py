@@ -8,9 +8,10 @@ questions and gets the same answers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
+from mas_lightning.federated.callbacks import Callback
 from mas_lightning.federated.config import Stage
+from mas_lightning.federated.state import StageResult
 from mas_lightning.tasks import letters
 
 
@@ -18,7 +19,7 @@ class Method(ABC):
     """Base class of the methods chosen in the config (``method: class_path: ...``)."""
 
     @abstractmethod
-    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[dict[str, Any]]) -> Stage | None:
+    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
         """The stage to run after those in ``history`` (``None`` when done).
 
         Args:
@@ -31,11 +32,19 @@ class Method(ABC):
         """Raise :class:`~mas_lightning.errors.ConfigError` when the method cannot run this task set or budget."""
         return None
 
-    def callbacks(self) -> list[Any]:
-        """Callbacks the method needs in the loop (e.g. affinity measurement and the split)."""
+    def callbacks(self) -> list[Callback]:
+        """Callbacks the method needs in the loop (e.g. affinity measurement)."""
         return []
 
-    def serving(self, tasks: tuple[str, ...], history: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    def decide(self, tasks: tuple[str, ...], result: StageResult) -> None:
+        """Add what the method decides from a finished stage to that stage's result (e.g. MAS's split).
+
+        Called before the result joins the history and the checkpoint; it must be a pure function of the
+        result, so a run killed while deciding decides the same on resume.
+        """
+        return None
+
+    def serving(self, tasks: tuple[str, ...], history: list[StageResult]) -> dict[str, tuple[int, str]]:
         """For each task, the (stage index, group key) whose model answers for it at test time.
 
         Default: the last final stage holding a group that contains the task.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mas_lightning.federated.config import Stage
+from mas_lightning.federated.state import StageResult
 from mas_lightning.methods.base import Method
 from mas_lightning.tasks import letters
 
@@ -12,7 +11,7 @@ from mas_lightning.tasks import letters
 class OneByOne(Method):
     """Train a single-task model per task, in sequence (the accurate but costly baseline)."""
 
-    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[dict[str, Any]]) -> Stage | None:
+    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
         if len(history) >= len(tasks):
             return None
         task = tasks[len(history)]

@@ -3,19 +3,19 @@ from scratch.
 
 The affinity is the same lookahead affinity MAS measures, gathered during ``affinity_rounds`` of an
 all-in-one run whose cost counts towards the method. Groups are chosen by
-:func:`mas_lightning.tag.tag_select` (each task served by its best chosen group; singletons not allowed);
+:func:`~mas_lightning.grouping.tag_select` (each task served by its best chosen group; singletons not allowed);
 the chosen groups then train from fresh weights for the full round budget.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from mas_lightning.callbacks import AffinityCallback
 from mas_lightning.errors import ConfigError
+from mas_lightning.federated.callbacks import Callback
 from mas_lightning.federated.config import Stage
+from mas_lightning.federated.state import StageResult
+from mas_lightning.grouping.tag_selection import tag_select
+from mas_lightning.methods.affinity_measurement import AffinityMeasurement, AffinityOptions
 from mas_lightning.methods.base import Method
-from mas_lightning.tag import tag_select
 from mas_lightning.tasks import letters
 
 AFFINITY_STAGE = "tag/affinity"
@@ -27,31 +27,25 @@ class TAG(Method):
     Args:
         affinity_rounds: rounds of the all-in-one run that measures affinity.
         max_groups: the most groups (networks) to train.
-        lookahead_every: measure affinity on one local step in N (counted over a round's clients).
-        affinity_window: mean over this many last rounds of the affinity run (only these are measured).
-        affinity_method: "exact", "batched" or "first_order" lookahead; first order by default, as for
-            :class:`~mas_lightning.methods.MAS` (same choices, about half of exact's cost).
-        affinity_samples: measure on at most this many samples of a batch (None: the whole batch).
+        affinity: how affinity is measured and which rounds of the affinity run are averaged (the same
+            options as :class:`~mas_lightning.methods.MAS`).
     """
 
-    def __init__(self, *, affinity_rounds: int = 3, max_groups: int = 2, lookahead_every: int = 10,
-                 affinity_window: int = 10, affinity_method: Literal["exact", "batched", "first_order"] = "first_order",
-                 affinity_samples: int | None = None) -> None:
+    def __init__(self, *, affinity_rounds: int = 3, max_groups: int = 2,
+                 affinity: AffinityOptions = AffinityOptions()) -> None:
         if affinity_rounds < 1 or max_groups < 1:
             raise ValueError(f"method.affinity_rounds={affinity_rounds} and max_groups={max_groups} must be >= 1")
         self.affinity_rounds, self.max_groups = affinity_rounds, max_groups
-        self.affinity = AffinityCallback((AFFINITY_STAGE,), lookahead_every=lookahead_every, window=affinity_window,
-                                         method=affinity_method, max_samples=affinity_samples,
-                                         first_round=max(0, affinity_rounds - affinity_window))
+        self.measurement = AffinityMeasurement(AFFINITY_STAGE, affinity_rounds, affinity)
 
     def check(self, tasks: tuple[str, ...], rounds: int) -> None:
         if len(tasks) < 2:
             raise ConfigError(f"TAG groups tasks: it needs at least 2 tasks, got {letters(tasks)!r}")
 
-    def callbacks(self) -> list[Any]:
-        return [self.affinity]
+    def callbacks(self) -> list[Callback]:
+        return [self.measurement]
 
-    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[dict[str, Any]]) -> Stage | None:
+    def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
         if not history:
             return Stage(AFFINITY_STAGE, [tasks], self.affinity_rounds, final=False)
         if len(history) > 1:
@@ -64,5 +58,5 @@ class TAG(Method):
         meta = {"serving": serving, "objective": selection.objective}
         return Stage("tag/groups", groups, rounds, meta=meta)
 
-    def serving(self, tasks: tuple[str, ...], history: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    def serving(self, tasks: tuple[str, ...], history: list[StageResult]) -> dict[str, tuple[int, str]]:
         return {task: (1, key) for task, key in history[1]["meta"]["serving"].items()}

@@ -7,7 +7,6 @@ images depend only on the seed, its index and the resolution. Client sizes fall 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +21,14 @@ from mas_lightning.data.minitaskonomy.codec import decode
 from mas_lightning.data.minitaskonomy.render import check_resolution, render_scenes
 from mas_lightning.data.minitaskonomy.scenes import Scenes, sample_scenes
 from mas_lightning.data.minitaskonomy.styles import BuildingStyle, sample_style
+from mas_lightning.seeding import text_generator
 from mas_lightning.tasks import parse_tasks
 
 SPLITS = ("buildings", "images")
 
 
 def _generator(seed: int, building: int, purpose: str) -> torch.Generator:
-    digest = hashlib.sha256(f"minitaskonomy:{seed}:{building}:{purpose}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return text_generator(f"minitaskonomy:{seed}:{building}:{purpose}")
 
 
 def client_sizes(clients: int, images_per_client: int, size_ratio: float) -> list[int]:

@@ -11,7 +11,10 @@ from mas_lightning.federated.config import Stage
 
 
 class RoundProgress:
-    """Two bars: rounds of the stage, and client trainings of the round; silent when not on a terminal."""
+    """Two bars: rounds of the stage, and client trainings (clients x groups) of the round.
+
+    Silent when not on a terminal.
+    """
 
     def __init__(self, enabled: bool = True) -> None:
         console = Console(stderr=True)
@@ -23,6 +26,8 @@ class RoundProgress:
         self._stage: Any = None
         self._clients: Any = None
         self._per_round = 1
+        self.stages: list[dict[str, Any]] = []
+        """Per stage shown: its name, rounds completed on the bar, and the bar's total (kept for checks)."""
 
     def __enter__(self) -> RoundProgress:
         self._progress.__enter__()
@@ -32,13 +37,14 @@ class RoundProgress:
         self._progress.__exit__(*exc)
 
     def start_stage(self, stage: Stage, clients_per_round: int) -> None:
-        """Show a new stage's round bar."""
+        """Show a new stage's round bar; ``clients_per_round`` counts client trainings (clients x groups)."""
         if self._stage is not None:
             self._progress.remove_task(self._stage)
             self._progress.remove_task(self._clients)
         self._per_round = max(clients_per_round, 1)
         self._stage = self._progress.add_task(f"stage {stage.name}", total=stage.rounds)
         self._clients = self._progress.add_task("  clients", total=self._per_round)
+        self.stages.append({"name": stage.name, "completed": 0, "total": stage.rounds})
 
     def client_done(self) -> None:
         """Advance the client bar; a full bar means a round is done."""
@@ -48,4 +54,5 @@ class RoundProgress:
         task = self._progress.tasks[[t.id for t in self._progress.tasks].index(self._clients)]
         if task.completed >= self._per_round:
             self._progress.advance(self._stage)
+            self.stages[-1]["completed"] += 1
             self._progress.reset(self._clients, total=self._per_round)

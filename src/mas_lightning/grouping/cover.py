@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from mas_lightning.bitsets import blocks_with_lowest, members
+from mas_lightning.grouping.bitsets import blocks_with_lowest, members
 
 K = TypeVar("K", bound=Hashable)
 

@@ -26,15 +26,19 @@ from torch.optim import Optimizer
 from mas_lightning.data.base import DataSource
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
 from mas_lightning.errors import ConfigError
-from mas_lightning.federated.aggregation import FedAvg
-from mas_lightning.federated.checkpoint import find_resume, load_checkpoint
+from mas_lightning.federated.aggregation import Aggregator, FedAvg
+from mas_lightning.federated.callbacks import Callback, FitContext
+from mas_lightning.federated.checkpoint import find_resume, load_state
 from mas_lightning.federated.config import FederatedConfig
 from mas_lightning.federated.engine import FederatedEngine
-from mas_lightning.federated.progress import RoundProgress
-from mas_lightning.federated.summary import build_summary
+from mas_lightning.federated.state import RunState, new_state
 from mas_lightning.methods import AllInOne, Method
 from mas_lightning.model import MultiTaskModel, TaskMetrics
-from mas_lightning.run_logging import make_loggers
+from mas_lightning.report.affinity_files import AffinityFiles
+from mas_lightning.report.loggers import make_loggers
+from mas_lightning.report.metrics_file import MetricsFile
+from mas_lightning.report.progress import RoundProgress
+from mas_lightning.report.summary import build_summary
 from mas_lightning.tasks import parse_tasks
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ def fit(
     method: Method = lazy_instance(AllInOne),
     model: Callable[[tuple[str, ...]], MultiTaskModel] = MultiTaskModel,
     optimizer: Callable[[Iterator[nn.Parameter]], Optimizer] = _sgd,
-    aggregator: FedAvg = lazy_instance(FedAvg),
+    aggregator: Aggregator = lazy_instance(FedAvg),
     rounds: int = 10,
     engine: FederatedConfig = lazy_instance(FederatedConfig),
     precision: str = "32-true",
@@ -98,7 +102,8 @@ def fit(
     if name is None and os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         run_name += f"-{os.environ['WANDB_RUN_ID']}"  # sweep runs share a config: keep their folders apart
     run_dir = Path(out) / run_name
-    callbacks = method.callbacks()
+    # Method callbacks first: the report's callbacks read what they add to a stage's result.
+    callbacks = [*method.callbacks(), AffinityFiles(), MetricsFile()]
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                     precision=precision, callbacks=callbacks, loggers=make_loggers(logger, run_dir, run_name))
     fabric.launch()
@@ -118,20 +123,16 @@ def fit(
 
 
 def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, model: Callable[..., nn.Module],
-         optimizer: Callable[..., Optimizer], aggregator: FedAvg, rounds: int, config: FederatedConfig, seed: int,
-         run_dir: Path, resume: bool | str | Path, callbacks: list[Any]) -> dict[str, Any]:
+         optimizer: Callable[..., Optimizer], aggregator: Aggregator, rounds: int, config: FederatedConfig,
+         seed: int, run_dir: Path, resume: bool | str | Path, callbacks: list[Callback]) -> dict[str, Any]:
     """Build the engine and the state (fresh or resumed), run the method, write ``summary.json``."""
     progress = RoundProgress(enabled=fabric.global_rank == 0)
     engine = FederatedEngine(fabric, data, config, model, optimizer, aggregator, seed, run_dir,
                              metrics_factory=TaskMetrics, callbacks=callbacks, progress=progress.client_done)
-    state = FederatedEngine.new_state()
+    state = new_state()
     checkpoint = find_resume(resume, run_dir / "checkpoints")
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        state["weights"] = [{k: v.to(fabric.device) for k, v in w.items()} for w in state["weights"]]
-        for callback in callbacks:
-            if hasattr(callback, "load_state_dict") and type(callback).__name__ in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][type(callback).__name__])
+        state = load_state(checkpoint, callbacks, fabric.device)
         if fabric.global_rank == 0:
             print(f"resumed from {checkpoint} at stage {state['stage']}, round {state['round']}")
     started = time.perf_counter()
@@ -152,15 +153,22 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
 
 
 def run_method(engine: FederatedEngine, method: Method, tasks: tuple[str, ...], rounds: int,
-               state: dict[str, Any], progress: RoundProgress) -> None:
-    """Run the method's stages from where ``state`` stands until the method has none left."""
+               state: RunState, progress: RoundProgress | None = None) -> None:
+    """Run the method's stages from where ``state`` stands until the method has none left.
+
+    After each stage the method adds its decision to the stage's result (MAS: the split), then the result
+    joins the history and the state is checkpointed; a run killed in between redoes the stage's evaluation
+    and the decision from the previous checkpoint, and gets the same result.
+    """
     if state["stage"] == 0 and state["round"] == 0 and not state["stage_started"]:
-        engine.fabric.call("on_fit_start", engine, state)
+        engine.fabric.call("on_fit_start", FitContext(engine, state))
     while (stage := method.next_stage(tasks, rounds, state["history"])) is not None:
-        progress.start_stage(stage, engine.per_round * len(stage.groups))
+        if progress is not None:
+            progress.start_stage(stage, engine.per_round * len(stage.groups))
         result = engine.run_stage(state, stage)
+        method.decide(tasks, result)
         state["history"].append(result)
         state["stage"] += 1
         state["round"], state["stage_started"] = 0, False
         engine.save(state)
-    engine.fabric.call("on_fit_end", engine, state)
+    engine.fabric.call("on_fit_end", FitContext(engine, state))

@@ -31,7 +31,7 @@ from mas_lightning import cli
 from mas_lightning.errors import ConfigError
 from mas_lightning.tasks import TASKS, parse_tasks
 
-FIT_COMMAND = {"fit": "mas_lightning.fit:fit"}
+FIT_COMMAND = {"fit": "mas_lightning.commands.fit:fit"}
 RESERVED = ("seed", "out", "name", "resume")
 """Fit options that compare sets for every run itself."""
 COSTS = ("client_compute_s", "wall_s", "energy_j", "train_flops")
@@ -107,7 +107,7 @@ def compare(
     rows = table_rows(summaries, tasks)
     write_tables(rows, summaries, tasks, out, seeds, reference)
     figure = out / "pareto.png"
-    from mas_lightning.plots import pareto_figure  # matplotlib only when a figure is drawn
+    from mas_lightning.report.pareto import pareto_figure  # matplotlib only when a figure is drawn
 
     seed_words = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
     pareto_figure(rows, figure, title=f"tasks {''.join(TASKS[t].letter for t in tasks)}, {seed_words}")

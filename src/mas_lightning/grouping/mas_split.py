@@ -1,6 +1,6 @@
 """MAS's split choice: the partition of the tasks into at most k groups with the best mean affinity.
 
-Scores (``Z[s, t]`` = affinity of task s onto task t, as from :func:`mas_lightning.affinity.lookahead_affinity`):
+Scores (``Z[s, t]`` = affinity of task s onto task t, as from :func:`~mas_lightning.grouping.lookahead_affinity`):
 
 - a task t in a group G with ``|G| >= 2`` scores the mean of ``Z[s, t]`` over the other members s;
 - a singleton ``{t}`` scores t's *self affinity*, the mean of its off-diagonal row and column
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch import Tensor
 
-from mas_lightning.bitsets import blocks_with_lowest, members
+from mas_lightning.grouping.bitsets import blocks_with_lowest, members
 
 MAX_TASKS = 12
 """Exhaustive search beyond this many tasks is too slow (Bell(12) = 4.2 million partitions)."""

@@ -6,19 +6,28 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mas_lightning.federated.callbacks import Callback, StageContext
+from mas_lightning.federated.state import StageResult
 from mas_lightning.tasks import TASKS
 
 
-def write_affinity(tasks: Sequence[str], history: Sequence[Tensor], folder: Path, window: int = 10) -> None:
-    """Write ``affinity.json`` (per-round history and mean), ``affinity.csv`` and ``affinity.png``."""
+def write_affinity(affinity: dict[str, Any], folder: Path) -> None:
+    """Write ``affinity.json`` (per-round matrices and their mean), ``affinity.csv`` and ``affinity.png``.
+
+    Args:
+        affinity: a stage result's ``affinity`` entry (tasks, matrix, rounds_averaged, per_round, ...).
+        folder: the run folder.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    mean = torch.stack(list(history[-window:])).mean(0)
+    tasks, mean = affinity["tasks"], torch.tensor(affinity["matrix"], dtype=torch.float64)
     (folder / "affinity.json").write_text(json.dumps(
-        {"tasks": list(tasks), "mean": mean.tolist(), "per_round": [h.tolist() for h in history],
+        {"tasks": list(tasks), "mean": affinity["matrix"], "rounds_averaged": affinity["rounds_averaged"],
+         "per_round": affinity["per_round"],
          "meaning": "entry [i][j]: lookahead affinity of task i onto task j (positive: a step on i helps j)"},
         indent=1))
     with open(folder / "affinity.csv", "w", newline="") as handle:
@@ -27,6 +36,14 @@ def write_affinity(tasks: Sequence[str], history: Sequence[Tensor], folder: Path
         for task, row in zip(tasks, mean.tolist()):
             writer.writerow([task, *(f"{v:.6g}" for v in row)])
     plot_affinity(tasks, mean, folder / "affinity.png")
+
+
+class AffinityFiles(Callback):
+    """Writes the affinity files of every stage whose result carries a measured ``affinity`` (rank 0)."""
+
+    def on_stage_end(self, ctx: StageContext, result: StageResult) -> None:
+        if "affinity" in result and ctx.engine.fabric.global_rank == 0:
+            write_affinity(result["affinity"], ctx.engine.run_dir)
 
 
 def plot_affinity(tasks: Sequence[str], matrix: Tensor, path: Path) -> Path:
@@ -57,7 +74,7 @@ def plot_affinity(tasks: Sequence[str], matrix: Tensor, path: Path) -> Path:
             ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=8,
                     color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="lookahead affinity Z[i, j] (diagonal in grey)")
-    ax.set_title("Lookahead task affinity (mean of the last rounds)")
+    ax.set_title("Lookahead task affinity (mean of the measured rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

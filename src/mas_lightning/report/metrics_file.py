@@ -1,4 +1,4 @@
-"""Human-readable records of a run written from its state: per-round metrics as CSV."""
+"""``metrics.csv``: one row per round, rewritten from the checkpointed state after every checkpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from mas_lightning.federated.callbacks import Callback, FitContext
 
 
 def write_metrics_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -24,3 +26,11 @@ def write_metrics_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+class MetricsFile(Callback):
+    """Rewrites ``<run folder>/metrics.csv`` from the state each time the engine has checkpointed it (rank 0)."""
+
+    def on_save(self, ctx: FitContext) -> None:
+        if ctx.engine.fabric.global_rank == 0:
+            write_metrics_csv(ctx.state["metrics"], ctx.engine.run_dir / "metrics.csv")

@@ -5,7 +5,7 @@ the other members s (the same per-task score as MAS). Singletons score minus inf
 served by a real group. The selection maximises the sum over tasks of the best score among the chosen
 groups containing the task. Unlike MAS, the groups may overlap and are then trained from scratch.
 
-The search is exact (:func:`mas_lightning.cover.best_cover`): the ``2^T - T - 1`` candidates (502 for
+The search is exact (:func:`mas_lightning.grouping.cover.best_cover`): the ``2^T - T - 1`` candidates (502 for
 9 tasks) are tabulated per served subset, then partitions of the tasks are searched with a bound.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor
 
-from mas_lightning.bitsets import members
-from mas_lightning.cover import Selection, best_cover
-from mas_lightning.grouping import as_affinity_matrix
+from mas_lightning.grouping.bitsets import members
+from mas_lightning.grouping.cover import Selection, best_cover
+from mas_lightning.grouping.mas_split import as_affinity_matrix
 
 
 def tag_select(affinity: Tensor | np.ndarray | Sequence[Sequence[float]], max_groups: int) -> Selection[int]:
@@ -31,7 +31,7 @@ def tag_select(affinity: Tensor | np.ndarray | Sequence[Sequence[float]], max_gr
         max_groups: the most groups (networks) to train, >= 1.
 
     Returns:
-        A :class:`~mas_lightning.cover.Selection` over task indices; ``objective`` is the summed score.
+        A :class:`~mas_lightning.grouping.cover.Selection` over task indices; ``objective`` is the summed score.
     """
     z = as_affinity_matrix(affinity)
     if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mas_lightning.federated.state import RunState, StageResult
 from mas_lightning.methods.base import Method
 from mas_lightning.tasks import letters
 
 
-def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: dict[str, Any], seed: int) -> dict:
+def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: RunState, seed: int) -> dict[str, Any]:
     """Per-task test losses and metrics from the model that serves each task, groups, and costs.
 
     ``total_test_loss`` is the sum of the per-task test losses, as in the paper.
@@ -30,8 +31,7 @@ def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: di
         "test_loss": {t: per_task[t]["loss"] for t in tasks},
         "total_test_loss": sum(per_task[t]["loss"] for t in tasks),
         "rounds": rounds,
-        "stages": [{"name": h["name"], "groups": ["".join(letters(g)) for g in h["groups"]], **{
-            k: v for k, v in h.items() if k not in ("name", "groups", "val", "test", "final")}} for h in history],
+        "stages": [_stage_entry(h) for h in history],
         "seed": seed,
         "wall_s": round(cost["wall_s"], 3),
         "client_compute_s": round(cost["client_s"], 3),
@@ -39,3 +39,18 @@ def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: di
         "train_flops": cost["train_flops"],
         "samples_trained": cost["samples"],
     }
+
+
+def _stage_entry(result: StageResult) -> dict[str, Any]:
+    """A stage as summary.json shows it: its groups as letters, what callbacks and the method added.
+
+    The per-round affinity matrices stay in ``affinity.json``; the averaged one that decided is kept.
+    """
+    entry: dict[str, Any] = {"name": result["name"], "groups": [letters(g) for g in result["groups"]]}
+    for key, value in result.items():
+        if key in ("name", "groups", "val", "test", "final"):
+            continue
+        if key == "affinity":
+            value = {k: v for k, v in value.items() if k != "per_round"}
+        entry[key] = value
+    return entry

@@ -5,7 +5,7 @@ three or more tasks is never trained before choosing; its loss on task t is *est
 t's loss over the measured pairs inside the group (the higher-order approximation). Each candidate network
 costs compute units (1 per network unless told otherwise). The selection covers every task, fits the
 budget, and minimises the sum over tasks of the lowest (estimated) loss among chosen groups containing
-the task; groups may overlap. The search is exact (:func:`mas_lightning.cover.best_cover`).
+the task; groups may overlap. The search is exact (:func:`mas_lightning.grouping.cover.best_cover`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from mas_lightning.cover import Selection, best_cover
-from mas_lightning.grouping import MAX_TASKS
+from mas_lightning.grouping.cover import Selection, best_cover
+from mas_lightning.grouping.mas_split import MAX_TASKS
 
 K = TypeVar("K", bound=Hashable)
 
@@ -42,7 +42,7 @@ def hoa_select(
         network_cost: cost of one network, a constant or a function of its group (a tuple of tasks).
 
     Returns:
-        A :class:`~mas_lightning.cover.Selection` over the task keys; ``objective`` is the total
+        A :class:`~mas_lightning.grouping.cover.Selection` over the task keys; ``objective`` is the total
         (estimated) loss, ``cost`` the compute units used.
 
     Raises:

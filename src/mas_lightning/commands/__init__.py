@@ -1,0 +1,1 @@
+"""The command-line commands: ``fit``, ``central``, ``compare`` and ``data`` (each a typed function)."""

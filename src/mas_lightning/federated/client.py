@@ -1,0 +1,128 @@
+"""Local training on the clients: where a client trains one group's model from the round's global weights.
+
+One device trains many virtual clients one after another. It keeps one working model and one optimiser
+per task group and reuses them for every client: switching client copies the global weights in place and
+clears the optimiser state, so nothing is built per client and memory does not grow with the number of
+clients. The hooks ``on_client_start``, ``on_train_batch_start`` (before the forward and the optimiser
+step, at theta_t), ``on_train_batch_end`` (after the step) and ``on_client_end`` fire from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from mas_lightning.data.base import hflip, make_loader
+from mas_lightning.federated import accounting
+from mas_lightning.federated.aggregation import Aggregator
+from mas_lightning.federated.callbacks import BatchContext, ClientContext, RoundContext
+from mas_lightning.federated.config import FederatedConfig
+from mas_lightning.federated.state import Weights
+from mas_lightning.tasks import letters
+
+ModelFactory = Callable[[tuple[str, ...]], nn.Module]
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
+
+
+@dataclass
+class ClientUpdate:
+    """What one client's local training of one group produced."""
+
+    model: nn.Module
+    """The working model holding the client's trained weights (valid until the next client)."""
+    seconds: float
+    samples: int
+
+
+class LocalTrainer:
+    """Trains the clients of this device: one reusable (model, optimiser) per task group."""
+
+    def __init__(self, fabric: Fabric, config: FederatedConfig, model_factory: ModelFactory,
+                 optimizer_factory: OptimizerFactory, aggregator: Aggregator) -> None:
+        self.fabric, self.config, self.aggregator = fabric, config, aggregator
+        self.model_factory, self.optimizer_factory = model_factory, optimizer_factory
+        self._working: dict[tuple[str, ...], tuple[nn.Module, Optimizer, float]] = {}
+
+    def working(self, group: tuple[str, ...]) -> tuple[nn.Module, Optimizer, float]:
+        """The reusable (model, optimiser, base lr) of a group on this device, built on first use."""
+        if group not in self._working:
+            model = self.model_factory(group).to(self.fabric.device)
+            optimizer = self.fabric.setup_optimizers(self.optimizer_factory(model.parameters()))
+            base_lr = float(optimizer.param_groups[0]["lr"])
+            self._working[group] = (model, optimizer, base_lr)
+        return self._working[group]
+
+    def load(self, group: tuple[str, ...], weights: Weights) -> nn.Module:
+        """The group's working model with ``weights`` copied in place."""
+        model = self.working(group)[0]
+        live = model.state_dict(keep_vars=True)
+        if live.keys() != weights.keys() or any(v.shape != weights[k].shape for k, v in live.items()):
+            model.load_state_dict(weights)  # raises with load_state_dict's own message naming the mismatch
+            return model
+        # Runs for every client: one fused copy is several times cheaper than load_state_dict's per-module walk.
+        with torch.no_grad():
+            torch._foreach_copy_(list(live.values()), [weights[k] for k in live])
+        return model
+
+    def train(self, ctx: RoundContext, group: tuple[str, ...], global_weights: Weights, client: int,
+              dataset: Any, lr_factor: float, generator: torch.Generator) -> ClientUpdate:
+        """Train ``client`` on ``group`` for one round from ``global_weights``.
+
+        ``global_weights`` stay untouched (the model trains on its own copy), so the aggregator's client
+        penalty (FedProx) reads the round's global weights from them directly.
+        """
+        fabric = self.fabric
+        started = time.perf_counter()
+        model = self.load(group, global_weights)
+        _, optimizer, base_lr = self.working(group)
+        optimizer.state.clear()  # a client starts each round with fresh optimiser state, as in the reference
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = base_lr * lr_factor
+        model.train()
+        client_ctx = ClientContext(**vars(ctx), client=client, group=group, model=model)
+        fabric.call("on_client_start", client_ctx)
+        flops = ctx.state["flops_per_sample"]
+        key = letters(group)
+        samples = 0
+        for step, batch in enumerate(self._batches(dataset, generator)):
+            batch = fabric.to_device(batch)
+            if key not in flops:  # FLOPs depend on the architecture and input size only: counted once
+                flops[key] = accounting.train_flops_per_sample(model, {k: v[:2] for k, v in batch.items()})
+            batch_ctx = BatchContext(**vars(client_ctx), batch=batch, step=step, optimizer=optimizer)
+            fabric.call("on_train_batch_start", batch_ctx)
+            with fabric.autocast():
+                preds = model(batch["rgb"])
+            losses = model.task_losses(preds, batch)
+            loss = model.total_loss(losses)
+            penalty = self.aggregator.client_penalty(model, global_weights)
+            if penalty is not None:
+                loss = loss + penalty
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            samples += len(batch["rgb"])
+            fabric.call("on_train_batch_end", BatchContext(**{**vars(batch_ctx), "losses": losses}))
+        fabric.call("on_client_end", client_ctx)
+        return ClientUpdate(model=model, seconds=time.perf_counter() - started, samples=samples)
+
+    def _batches(self, dataset: Any, gen: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        """A client's local batches: shuffled epochs (or a fixed number of steps), optionally flipped."""
+        cfg = self.config
+        size = len(dataset)
+        loader = make_loader(dataset, cfg.batch_size, shuffle=True, generator=gen, drop_last=size >= cfg.batch_size)
+        steps = 0
+        for _ in range(cfg.local_epochs if cfg.local_steps is None else 10**9):
+            for batch in loader:
+                if cfg.flip:
+                    batch = hflip(batch, torch.rand(len(batch["rgb"]), generator=gen) < 0.5)
+                yield batch
+                steps += 1
+                if cfg.local_steps is not None and steps >= cfg.local_steps:
+                    return

@@ -1,0 +1,189 @@
+"""Where affinity is measured: lookahead task affinity on the clients, while the merged model trains.
+
+Every ``every``-th local step of the clients training the merged group, :class:`AffinityMeasurement`
+measures :func:`mas_lightning.grouping.lookahead_affinity` on that step's batch **before the optimiser step
+of that batch**, i.e. at the parameters theta_t the batch's update starts from, as in the authors' MAS
+trainer and in TAG (it fires on ``on_train_batch_start``; measuring after the step, on the batch just
+trained on, is another quantity). The lookahead step uses the optimiser's current learning rate and weight
+decay. Steps are counted across the clients of a round, from its first step, not per client: a client
+with fewer local steps than ``every`` would otherwise be measured at its step 0 every round, and the share
+of measured steps (hence the cost) would grow as clients shrink.
+
+Measurements are averaged over the steps of a client, then over the clients of a round (plain mean, or
+weighted by client size), and the round means are kept as history; the affinity used for a decision is the
+mean over ``window`` rounds of the stage: the last ones (default) or the first ones (what the authors'
+split script averages: rounds 0-9 of their 70-round merge). Only those rounds are measured. Every entry
+counts, negative ones too. The history is checkpointed, so a resumed run decides the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from mas_lightning.federated.callbacks import BatchContext, Callback, ClientContext, RoundContext, StageContext
+from mas_lightning.federated.state import StageResult
+from mas_lightning.grouping.lookahead import lookahead_affinity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AffinityOptions:
+    """How lookahead affinity is measured (``--method.init_args.affinity.<key>``; shared by MAS and TAG)."""
+
+    estimator: Literal["exact", "batched", "first_order"] = "first_order"
+    """``exact``: T lookahead forwards; ``batched``: the same fused by vmap (accelerators);
+    ``first_order``: the Taylor estimate, no lookahead forward (one measurement on 9 tasks: 4.2 training
+    steps against exact's 7.5; README, "What measuring affinity costs")."""
+    every: int = 10
+    """Measure one local step in N, counted over the clients of a round (its first step included)."""
+    samples: int | None = None
+    """Measure on at most this many leading samples of the batch (None: the whole batch)."""
+    window: int = 10
+    """How many rounds the decision averages (only those are measured)."""
+    rounds: Literal["last", "first"] = "last"
+    """Which rounds: the last ``window`` rounds before the decision, or the first ``window`` of the stage
+    (the authors' split script averages the first 10 rounds of their merge)."""
+    weighted_clients: bool = False
+    """Weight clients by their data size in a round's mean (the reference: equal weights)."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.window < 1:
+            raise ValueError(f"affinity.every={self.every} and affinity.window={self.window} must be >= 1")
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"affinity.samples={self.samples} must be >= 1 or null")
+        if self.rounds not in ("last", "first"):
+            raise ValueError(f"affinity.rounds={self.rounds!r} must be 'last' or 'first'")
+        if self.estimator not in ("exact", "batched", "first_order"):
+            raise ValueError(f"affinity.estimator={self.estimator!r} must be exact, batched or first_order")
+
+    def measured_rounds(self, stage_rounds: int) -> range:
+        """The rounds of a ``stage_rounds``-round stage that are measured and averaged."""
+        if self.rounds == "first":
+            return range(0, min(self.window, stage_rounds))
+        return range(max(0, stage_rounds - self.window), stage_rounds)
+
+
+class AffinityMeasurement(Callback):
+    """Measure and average the T x T lookahead affinity during the stage named ``stage``.
+
+    The stage's result gains ``affinity``: the averaged matrix, its task order, the rounds it averages,
+    each of those rounds' matrix, the estimator and the number of measured batches.
+
+    Args:
+        stage: name of the stage in which to measure (the merged all-task stage of MAS or TAG).
+        stage_rounds: that stage's length in rounds (to place the measured window).
+        options: estimator, cadence, window and weighting.
+    """
+
+    def __init__(self, stage: str, stage_rounds: int, options: AffinityOptions) -> None:
+        self.stage, self.options = stage, options
+        self.state_key = f"affinity@{stage}"
+        self.rounds = options.measured_rounds(stage_rounds)
+        self.tasks: tuple[str, ...] = ()
+        self.history: list[tuple[int, Tensor]] = []  # (round within the stage, T x T round mean)
+        self.measurements = 0  # batches measured in this stage (all ranks), counted at each round's end
+        self.seconds = 0.0  # wall time spent measuring in this stage (what the affinity costs)
+        self._active = False
+        self._steps = 0  # local steps of the round so far, over its clients
+        self._round_measured = 0  # batches measured in this round on this rank
+        self._client_sum: Tensor | None = None
+        self._client_count = 0
+        self._round_sum: Tensor | None = None
+        self._round_weight = 0.0
+
+    # ---------------------------------------------------------------- hooks
+    def on_stage_start(self, ctx: StageContext) -> None:
+        if ctx.stage.name == self.stage:
+            self.tasks, self.history, self.measurements, self.seconds = tuple(ctx.stage.groups[0]), [], 0, 0.0
+
+    def on_round_start(self, ctx: RoundContext) -> None:
+        self._active = ctx.stage.name == self.stage and ctx.round in self.rounds
+        self._round_sum, self._round_weight, self._steps, self._round_measured = None, 0.0, 0, 0
+
+    def on_client_start(self, ctx: ClientContext) -> None:
+        self._client_sum, self._client_count = None, 0
+
+    def on_train_batch_start(self, ctx: BatchContext) -> None:
+        if not self._active:
+            return
+        self._steps += 1
+        if (self._steps - 1) % self.options.every:
+            return
+        settings = ctx.optimizer.param_groups[0]
+        started = time.perf_counter()
+        try:
+            with ctx.engine.fabric.autocast():
+                z = lookahead_affinity(ctx.model, ctx.batch, lr=float(settings["lr"]),
+                                       weight_decay=float(settings.get("weight_decay", 0.0)),
+                                       method=self.options.estimator, max_samples=self.options.samples)
+            z = z.detach().double().cpu()  # waits for an accelerator, so the time counted is the real cost
+        except ValueError as error:
+            # A task with zero loss on this batch (e.g. no labelled pixel) has no defined ratio: skip the batch.
+            log.debug("affinity not measured at step %d of client %d: %s", ctx.step, ctx.client, error)
+            return
+        finally:
+            self.seconds += time.perf_counter() - started
+        self._round_measured += 1
+        self._client_sum = z if self._client_sum is None else self._client_sum + z
+        self._client_count += 1
+
+    def on_client_end(self, ctx: ClientContext) -> None:
+        if not self._active or self._client_sum is None:
+            return
+        weight = float(len(ctx.engine.data.clients[ctx.client])) if self.options.weighted_clients else 1.0
+        mean = self._client_sum / self._client_count
+        self._round_sum = mean * weight if self._round_sum is None else self._round_sum + mean * weight
+        self._round_weight += weight
+
+    def on_round_end(self, ctx: RoundContext, row: dict[str, Any]) -> None:
+        if not self._active:
+            return
+        size = len(self.tasks)
+        packed = torch.zeros(size * size + 2, dtype=torch.float64)  # sums, weight, batches measured
+        if self._round_sum is not None:
+            packed[:-2] = self._round_sum.reshape(-1)
+            packed[-2] = self._round_weight
+        packed[-1] = self._round_measured
+        fabric = ctx.engine.fabric
+        if fabric.world_size > 1:
+            packed = fabric.all_reduce(packed.to(fabric.device), reduce_op="sum").cpu()
+        self.measurements += int(packed[-1])  # over all ranks, so every rank reports the same count
+        if packed[-2] > 0:
+            self.history.append((ctx.round, (packed[:-2] / packed[-2]).view(size, size)))
+
+    def on_stage_end(self, ctx: StageContext, result: StageResult) -> None:
+        if ctx.stage.name == self.stage:
+            result["affinity"] = self.summary()
+
+    # ---------------------------------------------------------------- results and state
+    def averaged(self) -> Tensor:
+        """Mean affinity over the measured rounds (T x T, float64)."""
+        if not self.history:
+            raise RuntimeError(f"no affinity was measured in stage {self.stage!r}: none of its rounds "
+                               f"{list(self.rounds)} had a measured step")
+        return torch.stack([z for _, z in self.history]).mean(0)
+
+    def summary(self) -> dict[str, Any]:
+        """The averaged matrix with its task order and provenance, for the stage result and summary.json."""
+        return {"tasks": list(self.tasks), "matrix": self.averaged().tolist(),
+                "rounds_averaged": [r for r, _ in self.history],
+                "per_round": [z.tolist() for _, z in self.history],
+                "estimator": self.options.estimator, "every": self.options.every, "samples": self.options.samples,
+                "measurements": self.measurements}  # no timing here: results must be bit-identical on resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks), "rounds": [r for r, _ in self.history],
+                "history": [z.clone() for _, z in self.history], "measurements": self.measurements,
+                "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks = tuple(state["tasks"])
+        self.history = list(zip(state["rounds"], state["history"]))
+        self.measurements, self.seconds = int(state["measurements"]), float(state["seconds"])
