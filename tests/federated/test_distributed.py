@@ -19,6 +19,8 @@ AUDIT = '''
 """Record every file or folder that this process creates, writes, renames or removes under MAS_WATCH."""
 import atexit, os, sys
 
+pytestmark = pytest.mark.slow  # subprocesses: deselect with -m 'not slow' for a quick inner loop
+
 _WATCH, _LOG, _SEEN = os.environ["MAS_WATCH"], os.environ["MAS_WRITE_LOG"], []
 
 

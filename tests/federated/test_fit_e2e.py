@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mas_lightning.tasks import letters
+
+pytestmark = pytest.mark.slow  # subprocesses: deselect with -m 'not slow' for a quick inner loop
 
 TIMING_KEYS = ("wall_s", "client_compute_s", "energy_j", "session_wall_s")
 """Summary fields that measure this machine's time and energy, not the result: they differ between runs."""
@@ -104,13 +108,15 @@ def test_all_in_one_killed_mid_run_resumes_bit_identically(tmp_path: Path) -> No
 
 def test_mas_killed_before_and_after_the_split_resumes_with_the_same_groups(tmp_path: Path) -> None:
     mas = ("--method=mas_lightning.methods.MAS", "--method.split_round=2", "--method.affinity.every=1")
-    # Killed during round 1, whose end decides the split (from affinity restored from the checkpoint), and
-    # during round 3, with the split groups in the checkpoint.
+    # Killed during round 1, the merged stage's last (the split is decided from affinity restored from the
+    # checkpoint), and during round 3, in the split stage, with the split groups in the checkpoint.
     got = kill_resume_and_compare(tmp_path, (1, 3), *mas)
-    split = got["stages"][0]["split"]
-    assert split["round"] == 2 and split["affinity"]["rounds_measured"] == 2
-    groups = [letters(g) for g in split["groups"]]
-    assert sorted(got["groups"]) == sorted(groups)
-    assert [r["split"] for r in metric_rows(tmp_path / "killed3")] == ["", "|".join(groups), "", "", ""]
+    merge, split = got["stages"]
+    assert merge["split"]["round"] == 2 and merge["affinity"]["rounds_averaged"] == [0, 1]
+    groups = [letters(g) for g in merge["split"]["groups"]]
+    assert sorted(got["groups"]) == sorted(groups) == sorted(split["groups"])
+    rows = metric_rows(tmp_path / "killed3")
+    assert [(r["stage"], r["round"]) for r in rows] == [("mas/merge", "0"), ("mas/merge", "1")] + [
+        ("mas/split", str(r)) for r in (2, 3, 4)]
     affinity = [json.loads((tmp_path / run / "affinity.json").read_text()) for run in ("reference", "killed1")]
     assert affinity[0] == affinity[1]

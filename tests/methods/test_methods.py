@@ -7,13 +7,13 @@ being the sum of the per-task losses, and costs that were actually counted.
 
 from __future__ import annotations
 
+import itertools
 import re
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from jsonargparse import ArgumentParser
 
 from mas_lightning.cli import COMMANDS, build_parser
@@ -22,11 +22,9 @@ from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.errors import ConfigError
 from mas_lightning.federated.aggregation import FedProx
 from mas_lightning.federated.checkpoint import load_checkpoint
-from mas_lightning.federated.config import FederatedConfig, Stage
-from mas_lightning.grouping.hoa_selection import hoa_select
-from mas_lightning.grouping.tag_selection import tag_select
+from mas_lightning.federated.config import FederatedConfig
 from mas_lightning.methods import HOA, MAS, TAG, AllInOne, Method, OneByOne
-from mas_lightning.methods.affinity_measurement import AffinityCallback
+from mas_lightning.methods.affinity_measurement import AffinityOptions
 from mas_lightning.model import GradNorm, MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
 
@@ -36,10 +34,8 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 METHODS: dict[str, Any] = {
     "all_in_one": AllInOne,
     "one_by_one": OneByOne,
-    "mas": partial(MAS, split_round=2, max_groups=2, lookahead_every=1),
-    "mas_one_group": partial(MAS, split_round=2, max_groups=1, lookahead_every=1),
-    "tag": partial(TAG, affinity_rounds=2, max_groups=2, lookahead_every=1),
-    "hoa": partial(HOA, pair_rounds=1, budget=2),
+    "mas": partial(MAS, split_round=2, max_groups=2, affinity=AffinityOptions(every=1)),
+    "mas_one_group": partial(MAS, split_round=2, max_groups=1, affinity=AffinityOptions(every=1)),
 }
 
 
@@ -47,8 +43,6 @@ METHODS: dict[str, Any] = {
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``runs(name) -> (method, summary, final state)``, each run fitted once per module on first use."""
     out, done = tmp_path_factory.mktemp("methods"), {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors, shared cores
 
     def get(name: str) -> tuple[Method, dict[str, Any], dict[str, Any]]:
         if name not in done:
@@ -66,8 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
             done[name] = (method, summary, load_checkpoint(out / name / "checkpoints" / "last.pt"))
         return done[name]
 
-    yield get
-    torch.set_num_threads(threads)
+    return get
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -75,20 +68,23 @@ def test_summary_totals_and_costs(runs: Any, name: str) -> None:
     _, summary, state = runs(name)
     assert summary["tasks"] == TASKS and summary["rounds"] == ROUNDS
     assert set(summary["test_loss"]) == set(parse_tasks(TASKS))
-    assert summary["total_test_loss"] == pytest.approx(sum(summary["test_loss"].values()), rel=1e-12)
-    assert all(v["loss"] > 0 for v in summary["test"].values())
-    assert summary["wall_s"] > 0 and summary["client_compute_s"] > 0 and summary["train_flops"] > 0
+    # Each task's test loss is the one its serving model reached in the last final stage holding it.
+    for task in parse_tasks(TASKS):
+        stage = max(i for i, h in enumerate(state["history"]) if h["final"] and any(task in g for g in h["groups"]))
+        results = state["history"][stage]["test"]
+        values = [r[f"{task}/loss"] for r in results.values() if f"{task}/loss" in r]
+        assert summary["test_loss"][task] in values
     # Every group of every stage trained every round on 2 clients x 1 step x 4 samples.
-    expected = sum(8 * _groups_in_round(state, row) for row in state["metrics"])
-    assert summary["samples_trained"] == expected
+    groups_of = {h["name"]: len(h["groups"]) for h in state["history"]}
+    assert summary["samples_trained"] == sum(8 * groups_of[row["stage"]] for row in state["metrics"])
+    # FLOPs: samples times each group's FLOPs per sample (counted once per architecture).
+    flops = sum(8 * sum(state["flops_per_sample"][letters(g)] for g in _stage(state, row)["groups"])
+                for row in state["metrics"])
+    assert summary["train_flops"] == pytest.approx(flops, rel=1e-9)
 
 
-def _groups_in_round(state: dict[str, Any], row: dict[str, Any]) -> int:
-    """Groups trained in a metrics row's round (MAS trains one before its split and the split ones after)."""
-    stage = next(h for h in state["history"] if h["name"] == row["stage"])
-    if row["stage"] == "mas" and "split" in stage and row["round"] < stage["split"]["round"]:
-        return 1
-    return len(stage["groups"])
+def _stage(state: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    return next(h for h in state["history"] if h["name"] == row["stage"])
 
 
 def test_all_in_one_is_one_group_one_stage(runs: Any) -> None:
@@ -106,97 +102,68 @@ def test_one_by_one_trains_one_stage_per_task(runs: Any) -> None:
     assert [row["stage"] for row in state["metrics"]] == [f"one-by-one/{t}" for t in "sdn" for _ in range(ROUNDS)]
 
 
-def test_mas_splits_at_split_round_into_a_partition(runs: Any) -> None:
-    method, summary, state = runs("mas")
-    (stage,) = summary["stages"]
-    split = stage["split"]
-    assert split["round"] == 2 and len(split["affinity"]["matrix"]) == 3
-    chosen = sorted(letters(g) for g in split["groups"])
-    assert sorted(summary["groups"]) == chosen == sorted(stage["groups"])
-    assert sorted("".join(chosen)) == sorted(TASKS)  # a partition: every task exactly once
-    assert 1 <= len(chosen) <= 2
-    assert [row.get("split") for row in state["metrics"]] == [None, "|".join(stage["groups"]), None]
-    # The served model of each task is the group holding it, tested at the stage's end.
-    for group in stage["groups"]:
+def test_mas_merges_then_splits_into_the_best_partition(runs: Any) -> None:
+    _, summary, state = runs("mas")
+    merge, split_stage = summary["stages"]
+    assert (merge["name"], merge["groups"], split_stage["name"]) == ("mas/merge", [TASKS], "mas/split")
+    decision = merge["split"]
+    assert decision["round"] == 2 and decision["max_groups"] == 2
+    # The decision is the brute-force best partition (at most 2 groups) of the affinity it used.
+    matrix, order = merge["affinity"]["matrix"], merge["affinity"]["tasks"]
+    best = _brute_force_best_split(matrix, 2)
+    assert sorted(sorted(order[i] for i in g) for g in best) == sorted(sorted(g) for g in decision["groups"])
+    assert decision["score"] == pytest.approx(_mas_score(matrix, best), abs=1e-12)
+    assert sorted(split_stage["groups"]) == sorted(letters(g) for g in decision["groups"])
+    # The split stage goes on with the run's round clock: rounds 0, 1 merged, round 2 split, one lr schedule.
+    assert [(row["stage"], row["round"]) for row in state["metrics"]] == [
+        ("mas/merge", 0), ("mas/merge", 1), ("mas/split", 2)]
+    assert [row["lr_factor"] for row in state["metrics"]] == [round((1 - r / ROUNDS) ** 0.9, 6) for r in range(3)]
+    # The served model of each task is the split group holding it, tested at the end.
+    for group in split_stage["groups"]:
         for task in parse_tasks(group):
-            assert summary["test_loss"][task] == state["history"][0]["test"][group][f"{task}/loss"]
+            assert summary["test_loss"][task] == state["history"][1]["test"][group][f"{task}/loss"]
+
+
+def _mas_score(z: list[list[float]], groups: list[tuple[int, ...]]) -> float:
+    """MAS's split score written out: a task in a group scores the mean affinity onto it from its group mates;
+    a singleton scores the mean of its off-diagonal row and column; the split scores the mean over tasks."""
+    n, scores = len(z), []
+    for group in groups:
+        for t in group:
+            if len(group) == 1:
+                others = [s for s in range(n) if s != t]
+                scores.append((sum(z[t][s] for s in others) + sum(z[s][t] for s in others)) / (2 * len(others)))
+            else:
+                scores.append(sum(z[s][t] for s in group if s != t) / (len(group) - 1))
+    return sum(scores) / n
+
+
+def _brute_force_best_split(z: list[list[float]], k: int) -> list[tuple[int, ...]]:
+    """Every assignment of tasks to k labels, the best score (ties: fewer groups, as best_split documents)."""
+    n, best = len(z), None
+    for labels in itertools.product(range(k), repeat=n):
+        groups = [tuple(t for t in range(n) if labels[t] == g) for g in range(k)]
+        groups = [g for g in groups if g]
+        key = (round(_mas_score(z, groups), 12), -len(groups))
+        if best is None or key > best[0]:
+            best = (key, groups)
+    return best[1]
 
 
 def test_mas_with_one_group_never_splits(runs: Any) -> None:
-    method, summary, state = runs("mas_one_group")
-    (stage,) = summary["stages"]
-    assert stage["split"]["groups"] == [list(parse_tasks(TASKS))]
-    assert summary["groups"] == [TASKS] and stage["groups"] == [TASKS]
+    _, summary, state = runs("mas_one_group")
+    merge, split_stage = summary["stages"]
+    assert merge["split"]["groups"] == [list(parse_tasks(TASKS))]
+    assert summary["groups"] == [TASKS] and split_stage["groups"] == [TASKS]
+    # Affinity is measured in the merged stage only, however the split went.
+    assert merge["affinity"]["rounds_averaged"] == [0, 1] and "affinity" not in split_stage
     assert len(state["weights"]) == 1
-
-
-@pytest.mark.parametrize("name", ["tag", "hoa"])
-def test_tag_and_hoa_serve_each_task_from_the_chosen_group(runs: Any, name: str) -> None:
-    _, summary, state = runs(name)
-    first, second = state["history"]
-    assert not first["final"] and second["final"] and first["test"] == {}
-    serving = second["meta"]["serving"]
-    if name == "tag":
-        order = first["affinity"]["tasks"]
-        chosen = tag_select(first["affinity"]["matrix"], 2)
-        expected = {order[t]: letters(order[i] for i in g) for t, g in chosen.served_by.items()}
-        assert sorted(second["groups"]) == sorted([order[i] for i in g] for g in chosen.groups)
-    else:
-        assert sorted(map(len, first["groups"])) == [1, 1, 1, 2, 2, 2]  # every single and every pair
-        pairs = {tuple(parse_tasks(k)): v for k, v in second["meta"]["pair_table"].items()}
-        chosen = hoa_select(second["meta"]["single_losses"], pairs, 2)
-        expected = {t: letters(g) for t, g in chosen.served_by.items()}
-        assert len(second["groups"]) <= 2
-    assert serving == expected
-    for task, group in serving.items():
-        assert task in parse_tasks(group) and list(parse_tasks(group)) in second["groups"]
-        assert summary["test_loss"][task] == second["test"][group][f"{task}/loss"]
-    assert sorted(summary["groups"]) == sorted(set(serving.values()))
 
 
 @pytest.mark.parametrize("method", [MAS, TAG, HOA])
 def test_grouping_methods_refuse_a_single_task_before_training(method: type[Method]) -> None:
     with pytest.raises(ConfigError, match="at least 2 tasks"):
         method().check(("normal",), 10)
-
-
-# ---------------------------------------------------------------- affinity schedule
-
-
-class _Watched(MAS):
-    """MAS plus a second affinity callback that measures every round of the merged stage."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.every_round = AffinityCallback(("mas",), lookahead_every=kwargs["lookahead_every"], window=1,
-                                            method=self.affinity.method)
-
-    def callbacks(self) -> list[Any]:
-        return [*super().callbacks(), self.every_round]
-
-
-def test_measuring_only_the_window_decides_the_same_for_less(tmp_path: Path) -> None:
-    method = _Watched(split_round=3, max_groups=2, lookahead_every=2, affinity_window=1)
-    torch.set_num_threads(1)
-    fit(data=SyntheticData(clients=3, sizes=(12,), resolution=32), tasks=TASKS, method=method,
-        model=partial(MultiTaskModel, decoder_width=8), rounds=4, out=tmp_path,
-        engine=FederatedConfig(clients_per_round=2, batch_size=4, local_steps=3, eval_batch_size=16))
-    windowed, full = method.affinity, method.every_round
-    # 2 clients x 3 steps a round, one step in 2 counted across the round's clients: steps 0, 2, 4 of the round.
-    assert full.measurements == 3 * 3 and windowed.measurements == 3
-    assert len(full.history) == 3 and len(windowed.history) == 1
-    assert torch.equal(windowed.averaged(), full.averaged())  # the same batches of the same last round
-    assert method.split.decision["affinity"]["measurements"] == 3
-    assert 0 < windowed.seconds < full.seconds  # the time spent measuring is counted
-
-
-def test_a_fresh_merged_stage_forgets_the_previous_decision() -> None:
-    method = MAS(split_round=2)
-    method.split.decision = {"groups": [["normal"]]}
-    method.split.on_stage_start(None, {}, Stage("other", [("normal",)], 1))
-    assert method.split.decision is not None
-    method.split.on_stage_start(None, {}, Stage("mas", [("normal",)], 1))
-    assert method.split.decision is None
 
 
 # ---------------------------------------------------------------- shipped configs

@@ -73,18 +73,19 @@ class AffinityOptions:
 class AffinityMeasurement(Callback):
     """Measure and average the T x T lookahead affinity during the stage named ``stage``.
 
-    The stage's result gains ``affinity``: the averaged matrix, its task order, the rounds it averages,
-    each of those rounds' matrix, the estimator and the number of measured batches.
+    The stage's result gains an entry ``key`` (``affinity``): the averaged matrix, its task order, the
+    rounds it averages, each of those rounds' matrix, the estimator and the number of measured batches.
 
     Args:
         stage: name of the stage in which to measure (the merged all-task stage of MAS or TAG).
         stage_rounds: that stage's length in rounds (to place the measured window).
         options: estimator, cadence, window and weighting.
+        key: the entry of the stage result it fills; two measurements of one stage need two keys.
     """
 
-    def __init__(self, stage: str, stage_rounds: int, options: AffinityOptions) -> None:
-        self.stage, self.options = stage, options
-        self.state_key = f"affinity@{stage}"
+    def __init__(self, stage: str, stage_rounds: int, options: AffinityOptions, key: str = "affinity") -> None:
+        self.stage, self.options, self.result_key = stage, options, key
+        self.state_key = f"{key}@{stage}"
         self.rounds = options.measured_rounds(stage_rounds)
         self.tasks: tuple[str, ...] = ()
         self.history: list[tuple[int, Tensor]] = []  # (round within the stage, T x T round mean)
@@ -160,7 +161,7 @@ class AffinityMeasurement(Callback):
 
     def on_stage_end(self, ctx: StageContext, result: StageResult) -> None:
         if ctx.stage.name == self.stage:
-            result["affinity"] = self.summary()
+            result[self.result_key] = self.summary()  # type: ignore[literal-required]
 
     # ---------------------------------------------------------------- results and state
     def averaged(self) -> Tensor:
