@@ -134,7 +134,8 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
     if checkpoint is not None:
         state = load_state(checkpoint, callbacks, fabric.device)
         if fabric.global_rank == 0:
-            print(f"resumed from {checkpoint} at stage {state['stage']}, round {state['round']}")
+            print(f"resumed from {checkpoint} after {len(state['metrics'])} rounds "
+                  f"(stage {state['stage']}: {state['stage_name'] or 'not started'})")
     started = time.perf_counter()
     with progress:
         run_method(engine, method, tasks, rounds, state, progress)
