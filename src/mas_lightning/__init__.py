@@ -1,3 +1,23 @@
-"""Federated multiple-task learning with MAS (Merge And Split) on Lightning Fabric."""
+"""Federated multiple-task learning with MAS (Merge And Split) on Lightning Fabric.
+
+The public entry points, by where they live: ``mas_lightning.fit`` (one federated run, as the ``fit``
+command); :mod:`mas_lightning.grouping` (``lookahead_affinity``, ``best_split``, ``split_score``,
+``tag_select``, ``hoa_select``); :mod:`mas_lightning.federated` (``FedAvg``, ``FedProx``, ``fedavg``, the
+engine); :mod:`mas_lightning.model` (``MultiTaskModel``, ``GradNorm``); :mod:`mas_lightning.methods`
+(``MAS``, ``TAG``, ``HOA``, ``AllInOne``, ``OneByOne``, ``AffinityOptions``); :mod:`mas_lightning.data`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that `import mas_lightning` (and `--help`) stays cheap.
+    if name == "fit":
+        from mas_lightning.commands.fit import fit
+
+        return fit
+    raise AttributeError(f"module 'mas_lightning' has no attribute {name!r}")
