@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mas_lightning.federated.config import Stage
 from mas_lightning.federated.state import StageResult
-from mas_lightning.methods.base import Method
+from mas_lightning.methods.method import Method
 
 
 class AllInOne(Method):

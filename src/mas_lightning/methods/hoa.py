@@ -17,7 +17,7 @@ from mas_lightning.errors import ConfigError
 from mas_lightning.federated.config import Stage
 from mas_lightning.federated.state import StageResult
 from mas_lightning.grouping.hoa_selection import hoa_select
-from mas_lightning.methods.base import Method
+from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
 
 PAIR_STAGE = "hoa/pairs"

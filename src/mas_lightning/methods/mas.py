@@ -21,7 +21,7 @@ from mas_lightning.federated.config import Stage
 from mas_lightning.federated.state import StageResult
 from mas_lightning.grouping.mas_split import best_split, split_score
 from mas_lightning.methods.affinity_measurement import AffinityMeasurement, AffinityOptions
-from mas_lightning.methods.base import Method
+from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
 
 MERGE, SPLIT = "mas/merge", "mas/split"

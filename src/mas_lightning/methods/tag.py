@@ -15,7 +15,7 @@ from mas_lightning.federated.config import Stage
 from mas_lightning.federated.state import StageResult
 from mas_lightning.grouping.tag_selection import tag_select
 from mas_lightning.methods.affinity_measurement import AffinityMeasurement, AffinityOptions
-from mas_lightning.methods.base import Method
+from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
 
 AFFINITY_STAGE = "tag/affinity"
