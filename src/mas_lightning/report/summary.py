@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mas_lightning.federated.state import RunState, StageResult
-from mas_lightning.methods.base import Method
+from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
 
 
