@@ -103,7 +103,7 @@ def kill_resume_and_compare(tmp_path: Path, kill_after: tuple[int, ...], *extra:
 def test_all_in_one_killed_mid_run_resumes_bit_identically(tmp_path: Path) -> None:
     got = kill_resume_and_compare(tmp_path, (2,))
     assert got["groups"] == ["dnt"] and got["samples_trained"] == 5 * 2 * 2 * 4
-    assert set(got["test"]) == {"depth_zbuffer", "normal", "edge_texture"} and got["total_test_loss"] > 0
+    assert set(got["test"]) == {"depth_zbuffer", "normal", "edge_texture"}
 
 
 def test_mas_killed_before_and_after_the_split_resumes_with_the_same_groups(tmp_path: Path) -> None:
