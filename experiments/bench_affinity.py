@@ -9,7 +9,11 @@ Three commands:
   bit-identical, so all variants see the same trajectory, and each variant's split (MAS's ``best_split``)
   is compared with the exact measurement's.
 
-A variant is written ``method[:samples]@every``, e.g. ``exact@10`` or ``first_order:4@20``.
+A variant is written ``method[:samples]@every``, e.g. ``exact@10`` or ``first_order:4@20``: ``method`` is the
+estimator of :class:`~mas_lightning.methods.affinity_measurement.AffinityOptions` (exact, batched or first_order),
+``samples`` its ``samples`` and ``every`` its ``every``. Affinity is measured as in a MAS run, by
+:class:`~mas_lightning.methods.affinity_measurement.AffinityMeasurement`: at theta_t, before the optimiser step
+of each measured batch.
 
     .venv/bin/python experiments/bench_affinity.py step --tasks='[sdnkt, all]'
     .venv/bin/python experiments/bench_affinity.py overhead --tasks=all --variants='[exact@10, first_order@10]'
@@ -35,9 +39,9 @@ from mas_lightning.data.synthetic import random_batch
 from mas_lightning.federated.aggregation import FedAvg
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.engine import FederatedEngine
-from mas_lightning.grouping.lookahead import lookahead_affinity
-from mas_lightning.grouping.mas_split import best_split, split_score
-from mas_lightning.methods.affinity_measurement import AffinityCallback
+from mas_lightning.federated.state import new_state
+from mas_lightning.grouping import best_split, lookahead_affinity, split_score
+from mas_lightning.methods.affinity_measurement import AffinityMeasurement, AffinityOptions
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
 
@@ -46,7 +50,7 @@ STAGE = "merged"
 
 @dataclass(frozen=True)
 class Variant:
-    """How the callback measures: lookahead method, samples per measured batch, one step in ``every``."""
+    """How affinity is measured: lookahead estimator (``method``), samples per measured batch, one step in ``every``."""
 
     method: str
     samples: int | None
@@ -61,9 +65,14 @@ class Variant:
     def __str__(self) -> str:
         return f"{self.method}{f':{self.samples}' if self.samples else ''}@{self.every}"
 
-    def callback(self, window: int, first_round: int) -> AffinityCallback:
-        return AffinityCallback((STAGE,), lookahead_every=self.every, window=window, method=self.method,
-                                max_samples=self.samples, first_round=first_round)
+    def callback(self, stage_rounds: int, window: int, key: str = "affinity") -> AffinityMeasurement:
+        """The measurement of the last ``window`` rounds of the ``stage_rounds``-round merged stage.
+
+        ``key`` names it in the stage result and the checkpoint: measurements sharing one run need distinct keys.
+        """
+        options = AffinityOptions(estimator=self.method, every=self.every, samples=self.samples,  # type: ignore[arg-type]
+                                  window=window, rounds="last")
+        return AffinityMeasurement(STAGE, stage_rounds, options, key=key)
 
 
 # ---------------------------------------------------------------- step: one measurement
@@ -145,7 +154,7 @@ def _merged_stage(tasks: tuple[str, ...], rounds: int, callbacks: list[Any], see
             lambda group: MultiTaskModel(list(group), preset="tiny"),
             lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4),
             FedAvg(), seed, Path(folder), callbacks=callbacks)
-        state = engine.new_state()
+        state = new_state()
         started = time.perf_counter()
         engine.run_stage(state, Stage(STAGE, [tasks], rounds, final=False))
         return time.perf_counter() - started, state["cost"]["client_s"]
@@ -167,11 +176,13 @@ def overhead(tasks: list[str] | None = None, variants: list[str] | None = None, 
         tasks: task sets, e.g. ``[sdnkt, all]``.
         variants: ``method[:samples]@every`` strings.
         rounds: rounds of the merged stage.
-        first_round: the callback measures from this round on (MAS: ``split_round - affinity_window``).
+        first_round: affinity is measured from this round on (MAS: ``split_round - affinity.window``).
         repeats: runs per variant, interleaved with the other variants so that load drifts hit all alike.
         threads: CPU threads for torch.
         seed: seeds the run (the same trajectory for every variant).
     """
+    if not 0 <= first_round < rounds:
+        raise ValueError(f"first_round={first_round} must be in [0, rounds={rounds})")
     torch.set_num_threads(threads)
     chosen = [Variant.parse(v) for v in variants or ["exact@10", "first_order@10"]]
     print(f"# overhead of the affinity callback: mini-Taskonomy 64 px, tiny preset, {ENGINE.clients_per_round} "
@@ -185,7 +196,7 @@ def overhead(tasks: list[str] | None = None, variants: list[str] | None = None, 
         runs: dict[str, list[tuple[float, float, float, int]]] = {}
         for _ in range(repeats):
             for variant in [None, *chosen]:
-                callbacks = [] if variant is None else [variant.callback(rounds, first_round)]
+                callbacks = [] if variant is None else [variant.callback(rounds, rounds - first_round)]
                 wall, client = _merged_stage(names, rounds, callbacks, seed, data, ENGINE)
                 measured = (callbacks[0].seconds, callbacks[0].measurements) if callbacks else (0.0, 0)
                 runs.setdefault(str(variant), []).append((wall, client, *measured))
@@ -224,7 +235,7 @@ def agreement(tasks: list[str] | None = None, variants: list[str] | None = None,
         names = parse_tasks(task_set)
         data = _data(names)
         for seed in seeds or [0]:
-            callbacks = [v.callback(window, rounds - window) for v in chosen]
+            callbacks = [v.callback(rounds, window, key=f"affinity/{i}") for i, v in enumerate(chosen)]
             _merged_stage(names, rounds, callbacks, seed, data, ENGINE)
             matrices = [c.averaged() for c in callbacks]
             groups = [best_split(z, max_groups) for z in matrices]

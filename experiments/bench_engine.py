@@ -43,6 +43,7 @@ from mas_lightning.federated import sampling
 from mas_lightning.federated.aggregation import FedAvg
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.engine import FederatedEngine
+from mas_lightning.federated.state import new_state
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
 
@@ -66,7 +67,7 @@ def engine_rounds(fabric: Fabric, data: FederatedData, config: FederatedConfig, 
     with tempfile.TemporaryDirectory() as run_dir:
         engine = FederatedEngine(fabric, data, config, lambda g: MultiTaskModel(list(g), decoder_width=decoder_width),
                                  sgd, FedAvg(), seed, Path(run_dir))
-        state = engine.new_state()
+        state = new_state()
         stage = Stage("bench", [tasks], rounds + 2)  # never the stage's last round: no forced validation
         engine.start_stage(state, stage)
         for round_ in range(rounds + 1):
