@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from mas_lightning.cli import COMMANDS, main
 from mas_lightning.commands.compare import mean_std
@@ -39,14 +37,6 @@ seeds: [0, 1]
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors, shared cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_compare(tmp_path: Path, *extra: str) -> dict:
     config = tmp_path / "compare.yaml"
     config.write_text(CONFIG)
@@ -58,6 +48,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # about 15 s: trains eight small federated runs in-process
 def test_compare_table_skip_resume_and_figure(tmp_path: Path) -> None:
     first = run_compare(tmp_path)
     runs = tmp_path / "cmp" / "runs"

@@ -51,18 +51,35 @@ def test_gradnorm_update_matches_hand_computation() -> None:
 
 def test_gradnorm_inside_the_model_trains_and_checkpoints() -> None:
     torch.manual_seed(0)
-    model = MultiTaskModel("sdn", loss_weighting=GradNorm(alpha=1.5, lr=0.5))
+    lr = 0.5
+    model = MultiTaskModel("sdn", loss_weighting=GradNorm(alpha=1.5, lr=lr))
     batch = make_batch("sdn", n=2, size=32)
     losses = model.task_losses(model(batch["rgb"]), batch)
+    values = torch.stack(list(losses.values())).detach()
+
+    # The first step by hand: L(0) = L, so every r_i = 1 and target_i = mean G; with w = 1, G_i = ||dL_i/dW||
+    # at the last shared layer W. Each weight steps by -lr * sign(G_i - mean G) * G_i, then all are rescaled
+    # to keep their sum 3.
+    shared = model.last_shared_weight()
+    norms = torch.stack([torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses.values()])
+    stepped = 1 - lr * torch.sign(norms - norms.mean()) * norms
+    assert stepped.min() > 0.5  # far from the clamp at MIN_WEIGHT: the plain formula applies
+    expected = stepped * 3 / stepped.sum()
+    # The network's gradient is that of the total with the weights from before the step (all 1).
+    normal = model.decoders["normal"]
+    normal_grads = torch.autograd.grad(losses["normal"], list(normal.parameters()), retain_graph=True)
+
     loss = model.total_loss(losses)
+    assert loss.item() == pytest.approx((torch.ones(3) * values).sum().item(), rel=1e-6)
+    assert loss.item() != pytest.approx((expected * values).sum().item(), rel=1e-4)  # not the new weights
     loss.backward()  # the graph survives GradNorm's own gradient computations
     weights = model.loss_weighting.weights
-    assert weights.sum().item() == pytest.approx(3.0)
-    assert not torch.allclose(weights, torch.ones(3))
-    assert all(p.grad is not None for p in model.decoders["normal"].parameters())
+    assert torch.allclose(weights, expected, rtol=1e-5), (weights, expected)
+    for param, grad in zip(normal.parameters(), normal_grads):
+        assert torch.allclose(param.grad, grad, rtol=1e-5, atol=1e-8)
     state = model.state_dict()
     assert torch.equal(state["loss_weighting.weights"], weights)
-    assert torch.equal(state["loss_weighting.initial_losses"], torch.stack(list(losses.values())).detach())
+    assert torch.equal(state["loss_weighting.initial_losses"], values)
 
     split = model.subset("dn")
     kept = weights[1:]
