@@ -160,7 +160,7 @@ class AffinityMeasurement(Callback):
             self.history.append((ctx.round, (packed[:-2] / packed[-2]).view(size, size)))
 
     def on_stage_end(self, ctx: StageContext, result: StageResult) -> None:
-        if ctx.stage.name == self.stage:
+        if ctx.stage.name == self.stage and self.history:  # nothing measured: the method that needs it says so
             result[self.result_key] = self.summary()  # type: ignore[literal-required]
 
     # ---------------------------------------------------------------- results and state
