@@ -50,6 +50,9 @@ class TAG(Method):
             return Stage(AFFINITY_STAGE, [tasks], self.affinity_rounds, final=False)
         if len(history) > 1:
             return None
+        if "affinity" not in history[0]:
+            raise RuntimeError(f"no affinity was measured in the affinity run's rounds "
+                               f"{list(self.measurement.rounds)}: nothing to group on")
         measured = history[0]["affinity"]
         order = measured["tasks"]
         selection = tag_select(measured["matrix"], self.max_groups)
