@@ -16,7 +16,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from mas_lightning.errors import ConfigError
+from mas_lightning.errors import ConfigError, RunError
 
 # name -> "module:function"; imported when the parser is built so each command's signature is its CLI.
 RESOLVED_CONFIG = "resolved_config"
@@ -76,4 +76,8 @@ def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = No
     except ConfigError as error:
         # Checks that need several values together (tasks vs data, split round vs rounds) fail here.
         print(f"error: invalid configuration for '{name}': {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(error.exit_code) from None
+    except RunError as error:
+        # The run stopped for a reason the message explains (where, and what to do next): no traceback.
+        print(f"error: {name} stopped: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
