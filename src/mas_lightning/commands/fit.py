@@ -23,6 +23,8 @@ from lightning.fabric import Fabric
 from torch import nn
 from torch.optim import Optimizer
 
+from mas_lightning.commands.run_folder import claim_run_folder
+from mas_lightning.commands.run_identity import identity_from_arguments, identity_from_yaml
 from mas_lightning.data.base import DataSource
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
 from mas_lightning.errors import ConfigError
@@ -67,6 +69,7 @@ def fit(
     name: str | None = None,
     seed: int = 0,
     resume: bool | Literal["auto"] | Path = False,
+    overwrite: bool = False,
     resolved_config: str | None = None,
 ) -> dict[str, Any]:
     """Train a federated multiple-task method and write its run folder.
@@ -89,7 +92,10 @@ def fit(
         out: folder holding run folders.
         name: run folder name (default: "<method>-<tasks>-seed<seed>").
         seed: seed of every random choice of the run.
-        resume: false, "auto" (continue from the run folder's checkpoint if any), true, or a checkpoint path.
+        resume: false, "auto" (continue from the run folder's checkpoint if any), true, or a checkpoint path;
+            refused when the checkpoint was written by another configuration (the keys that differ are named).
+        overwrite: replace a run already in the run folder (its checkpoints, summary and metrics are removed);
+            without it (or resume) a folder that holds a run is refused.
     """
     try:
         task_names = parse_tasks(tasks)
@@ -108,31 +114,47 @@ def fit(
                     precision=precision, callbacks=callbacks, loggers=make_loggers(logger, run_dir, run_name))
     fabric.launch()
     fabric.seed_everything(seed, verbose=False)
-    if fabric.global_rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resolved_config is not None:
-            (run_dir / "config.yaml").write_text(resolved_config)
+    # What determines the numbers: the resolved config from the CLI, else the Python arguments, described.
+    identity = identity_from_yaml(resolved_config) if resolved_config is not None else identity_from_arguments(
+        dict(data=data, tasks=tasks, method=method, model=model, optimizer=optimizer, aggregator=aggregator,
+             rounds=rounds, engine=engine, precision=precision, accelerator=accelerator, devices=devices,
+             num_nodes=num_nodes, strategy=strategy, seed=seed))
+    # Rank 0 locks the folder for the whole run and refuses to overwrite or mix runs, before writing anything.
+    lock = claim_run_folder(fabric, run_dir, resume, overwrite, identity)
     try:
-        # Every rank builds its own copy: the cache is written atomically, rendering takes about half a second,
-        # and a rank-0-first barrier would leave the other ranks waiting forever if rank 0 failed here.
-        federated_data = data.setup(task_names)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"data: {error}") from None
-    return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
-                engine, seed, run_dir, resume, callbacks)
+        if fabric.global_rank == 0 and resolved_config is not None:
+            (run_dir / "config.yaml").write_text(resolved_config)
+        try:
+            # Every rank builds its own copy: the cache is written atomically, rendering takes about half a
+            # second, and a rank-0-first barrier would leave the other ranks waiting forever if rank 0 failed here.
+            federated_data = data.setup(task_names)
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"data: {error}") from None
+        return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
+                    engine, seed, run_dir, resume, callbacks, identity=dict(identity))
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, model: Callable[..., nn.Module],
          optimizer: Callable[..., Optimizer], aggregator: Aggregator, rounds: int, config: FederatedConfig,
-         seed: int, run_dir: Path, resume: bool | str | Path, callbacks: list[Callback]) -> dict[str, Any]:
-    """Build the engine and the state (fresh or resumed), run the method, write ``summary.json``."""
+         seed: int, run_dir: Path, resume: bool | str | Path, callbacks: list[Callback],
+         identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the engine and the state (fresh or resumed), run the method, write ``summary.json``.
+
+    ``identity`` (:mod:`~mas_lightning.commands.run_identity`) goes into the state, hence into every checkpoint
+    and the summary; a state resumed from a checkpoint older than identities takes it on.
+    """
     progress = RoundProgress(enabled=fabric.global_rank == 0)
     engine = FederatedEngine(fabric, data, config, model, optimizer, aggregator, seed, run_dir,
                              metrics_factory=TaskMetrics, callbacks=callbacks, progress=progress.client_done)
-    state = new_state()
+    state = new_state(identity)
     checkpoint = find_resume(resume, run_dir / "checkpoints")
     if checkpoint is not None:
         state = load_state(checkpoint, callbacks, fabric.device)
+        if identity is not None and not state.get("identity"):
+            state["identity"] = identity  # a checkpoint from before identities (rank 0 warned)
         if fabric.global_rank == 0:
             print(f"resumed from {checkpoint} after {len(state['metrics'])} rounds "
                   f"(stage {state['stage']}: {state['stage_name'] or 'not started'})")

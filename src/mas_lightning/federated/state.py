@@ -58,7 +58,13 @@ class StageResult(TypedDict, total=False):
     split: dict[str, Any]
 
 
-class RunState(TypedDict):
+class _RunIdentity(TypedDict, total=False):
+    identity: dict[str, Any]
+    """What determines the run's numbers and its fingerprint (:mod:`mas_lightning.commands.run_identity`);
+    optional: checkpoints written before it existed lack it."""
+
+
+class RunState(_RunIdentity):
     """The checkpointed state of a run (see :func:`new_state`)."""
 
     stage: int
@@ -86,8 +92,11 @@ def new_cost() -> Cost:
     return Cost(wall_s=0.0, client_s=0.0, samples=0, train_flops=0.0, energy_j=0.0, energy_available=True)
 
 
-def new_state() -> RunState:
-    """The state of a run that has not trained yet."""
-    return RunState(stage=0, round=0, stage_started=False, stage_name="",
-                    clock=Clock(seed_stage=0, first_round=0, schedule_rounds=0), groups=[], weights=[], history=[],
-                    metrics=[], cost=new_cost(), failed_rounds=0, flops_per_sample={}, callbacks={})
+def new_state(identity: dict[str, Any] | None = None) -> RunState:
+    """The state of a run that has not trained yet (of the run ``identity`` describes, when given)."""
+    state = RunState(stage=0, round=0, stage_started=False, stage_name="",
+                     clock=Clock(seed_stage=0, first_round=0, schedule_rounds=0), groups=[], weights=[], history=[],
+                     metrics=[], cost=new_cost(), failed_rounds=0, flops_per_sample={}, callbacks={})
+    if identity is not None:
+        state["identity"] = identity
+    return state

@@ -12,7 +12,9 @@ from mas_lightning.tasks import letters
 def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: RunState, seed: int) -> dict[str, Any]:
     """Per-task test losses and metrics from the model that serves each task, groups, and costs.
 
-    ``total_test_loss`` is the sum of the per-task test losses, as in the paper.
+    ``total_test_loss`` is the sum of the per-task test losses, as in the paper. ``identity`` is the run's
+    fingerprint and the configuration it hashes (``None`` when the state has none), which ``compare``
+    checks before reusing the run.
     """
     history = state["history"]
     served = method.serving(tasks, history)
@@ -38,6 +40,7 @@ def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: Ru
         "energy_j": round(cost["energy_j"], 3) if cost["energy_available"] else None,
         "train_flops": cost["train_flops"],
         "samples_trained": cost["samples"],
+        "identity": state.get("identity") or None,
     }
 
 
