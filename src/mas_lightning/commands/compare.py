@@ -6,9 +6,13 @@ Each (variant, seed) is an ordinary ``fit`` run, built exactly as if typed on th
         --name=<variant>-seed<S> --resume=auto
 
 so a variant is a handful of fit overrides (``method``, ``aggregator``, ``model.init_args.loss_weighting``)
-on top of the shared settings, and any single run can be repeated by hand. A run whose ``summary.json``
-exists is read instead of rerun and an unfinished one resumes from its checkpoint, so an interrupted
-comparison continues where it stopped. The results are rebuilt from the summaries every time:
+on top of the shared settings, and any single run can be repeated by hand. A run folder is trusted by its
+identity (:mod:`~mas_lightning.commands.run_identity`), not its name: a finished run whose summary carries
+the fingerprint of the run it stands for now is reused, an unfinished one whose checkpoint does is resumed,
+and one written by another configuration (or before identities) is run again with ``--overwrite=true``; each
+run's line says which ("reused", "resumed", "rerun: config changed (keys ...)"). So an interrupted
+comparison continues where it stopped, and an edited one reruns what changed. The results are rebuilt from
+the summaries every time:
 ``comparison.md`` and ``comparison.csv`` (mean and sample standard deviation over seeds), ``runs.csv``
 (one row per run) and ``pareto.png`` (total test loss against training cost, as the paper's figures 6/7).
 """
@@ -28,11 +32,14 @@ from typing import Any
 import yaml
 
 from mas_lightning import cli
+from mas_lightning.commands.run_folder import CHECKPOINTS, read_identity
+from mas_lightning.commands.run_identity import Identity, changed_keys, differences, identity_from_yaml
 from mas_lightning.errors import ConfigError
+from mas_lightning.federated.checkpoint import LAST
 from mas_lightning.tasks import TASKS, parse_tasks
 
 FIT_COMMAND = {"fit": "mas_lightning.commands.fit:fit"}
-RESERVED = ("seed", "out", "name", "resume")
+RESERVED = ("seed", "out", "name", "resume", "overwrite")
 """Fit options that compare sets for every run itself."""
 COSTS = ("client_compute_s", "wall_s", "energy_j", "train_flops")
 FitOptions = dict[str, dict | list | str | int | float | bool | None]
@@ -88,17 +95,20 @@ def compare(
         return {"runs": len(plan)}
 
     summaries: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
-    ran, skipped = [], []
+    ran, skipped, actions = [], [], {}
     for index, (variant, seed, argv) in enumerate(plan, 1):
         run_name = f"{variant}-seed{seed}"
-        summary_file = runs_dir / run_name / "summary.json"
-        if summary_file.exists():
-            summary = json.loads(summary_file.read_text())
+        action, summary = what_to_do(runs_dir / run_name, fit_identity(parser, argv))
+        actions[run_name] = action
+        if summary is not None:
             skipped.append(run_name)
-            loss = summary["total_test_loss"]
-            print(f"[{index}/{len(plan)}] {run_name}: finished earlier, total test loss {loss:.4f}")
+            print(f"[{index}/{len(plan)}] {run_name}: reused (fingerprint {summary['identity']['fingerprint']}), "
+                  f"total test loss {summary['total_test_loss']:.4f}")
         else:
-            print(f"[{index}/{len(plan)}] {run_name}: python -m mas_lightning {shlex.join(argv)}")
+            if action.startswith("rerun"):  # replace what the folder holds: it stands for another configuration
+                argv = [("--overwrite=true" if a == "--resume=auto" else a) for a in argv]
+            label = "" if action == "new" else f"{action}: "
+            print(f"[{index}/{len(plan)}] {run_name}: {label}python -m mas_lightning {shlex.join(argv)}")
             summary = cli.main(argv, commands=FIT_COMMAND)
             ran.append(run_name)
         summaries[variant].append(summary)
@@ -112,7 +122,7 @@ def compare(
     seed_words = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
     pareto_figure(rows, figure, title=f"tasks {''.join(TASKS[t].letter for t in tasks)}, {seed_words}")
     print(f"comparison of {len(variants)} variants x {len(seeds)} seeds in {out / 'comparison.md'}; figure {figure}")
-    return {"rows": rows, "ran": ran, "skipped": skipped, "markdown": out / "comparison.md",
+    return {"rows": rows, "ran": ran, "skipped": skipped, "actions": actions, "markdown": out / "comparison.md",
             "csv": out / "comparison.csv", "figure": figure}
 
 
@@ -125,7 +135,8 @@ def _check_options(shared: Mapping[str, Any], variants: Mapping[str, Mapping[str
     for where, options in [("shared", shared), *((f"variants.{v}", o) for v, o in variants.items())]:
         taken = [k for k in options if k.split(".")[0] in RESERVED]
         if taken:
-            raise ConfigError(f"{where}: {taken} are set by compare for every run (seeds, out, run name, resume)")
+            raise ConfigError(f"{where}: {taken} are set by compare for every run (seeds, out, run name, resume, "
+                              "overwrite)")
     for option in overrides:
         if not option.startswith("--") or option[2:].split("=")[0].split(".")[0] in RESERVED:
             raise ConfigError(f"overrides: {option!r} must be a '--key=value' fit option other than {RESERVED}")
@@ -140,6 +151,38 @@ def _fit_argv(shared_file: Path, variant: Mapping[str, Any], overrides: Sequence
     argv = ["fit", "-c", str(shared_file)]
     argv += [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in variant.items()]
     return [*argv, *overrides, f"--seed={seed}", f"--out={runs_dir}", f"--name={name}", "--resume=auto"]
+
+
+def fit_identity(parser: Any, argv: list[str]) -> Identity:
+    """The identity of the fit run ``argv`` stands for, from the config the command line would resolve."""
+    from mas_lightning.commands.fit import fit
+
+    return identity_from_yaml(cli.command_parser(fit).dump(parser.parse_args(argv)["fit"]))
+
+
+def what_to_do(run_dir: Path, identity: Identity) -> tuple[str, dict[str, Any] | None]:
+    """``("reused", summary)`` for a finished run of ``identity``; else ``(action, None)`` with action "new",
+    "resumed" (a checkpoint of ``identity``) or "rerun: ..." (the folder holds another configuration's run)."""
+    summary_file, checkpoint = run_dir / "summary.json", run_dir / CHECKPOINTS / LAST
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text())
+        stored = summary.get("identity")
+    elif checkpoint.is_file():
+        summary = None
+        try:
+            stored = read_identity(checkpoint)
+        except Exception:  # noqa: BLE001 - a damaged checkpoint: fit says what is wrong with it
+            return "resumed", None
+        if stored is None:
+            return "resumed", None  # older than identities: fit resumes it with a warning
+    else:
+        return "new", None
+    if not stored:
+        return "rerun: its summary records no identity (written before identities)", None
+    changes = differences(stored, identity)
+    if changes:
+        return f"rerun: config changed (keys {', '.join(changed_keys(changes))})", None
+    return ("reused", summary) if summary is not None else ("resumed", None)
 
 
 def _validate(parser: Any, variant: str, argv: list[str]) -> None:

@@ -79,8 +79,16 @@ def existing_run(run_dir: Path) -> list[str]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Remove an old run's checkpoints, summary, metrics and affinity files (``overwrite``)."""
-    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    """Remove an old run's checkpoints, summary, metrics and affinity files (``overwrite``).
+
+    The checkpoint folder itself stays: a process that saved there before (``compare`` runs its fits in one
+    process) insists that it still exists.
+    """
+    for path in (run_dir / CHECKPOINTS).glob("*") if (run_dir / CHECKPOINTS).is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
 
