@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from federated.test_fit_e2e import finish, fit_command, metric_rows, result, start
 
+pytestmark = pytest.mark.slow  # subprocesses: deselect with -m 'not slow' for a quick inner loop
+
 AUDIT = '''
 """Record every file or folder that this process creates, writes, renames or removes under MAS_WATCH."""
 import atexit, os, sys
-
-pytestmark = pytest.mark.slow  # subprocesses: deselect with -m 'not slow' for a quick inner loop
 
 _WATCH, _LOG, _SEEN = os.environ["MAS_WATCH"], os.environ["MAS_WRITE_LOG"], []
 
