@@ -185,8 +185,8 @@ def test_missing_label_raises_naming_the_file_or_is_dropped_on_request(tmp_path:
     write_taskonomy(tmp_path, {"a": 3, "vb": 1, "tb": 1})
     gone = label_path(tmp_path, "edge_texture", "a", sorted_views(3)[1])
     gone.unlink()
-    with pytest.raises(FileNotFoundError, match=str(gone)):
-        Taskonomy(tmp_path, **SPLIT).setup("t")
+    with pytest.raises(FileNotFoundError, match=str(gone)):  # unchecked: the index stops at the first
+        Taskonomy(tmp_path, **SPLIT, check="off").setup("t")
     assert Taskonomy(tmp_path, **SPLIT).setup("n").client_sizes == [3]  # other tasks are unaffected
     kept = Taskonomy(tmp_path, **SPLIT, resolution=SIZE, drop_incomplete=True).setup("t").clients[0]
     assert len(kept) == 2
@@ -212,8 +212,8 @@ def test_unreadable_or_misencoded_png_names_the_file(
         bad.write_bytes(content)
     else:
         write_png(bad, content)
-    client = Taskonomy(tmp_path, **SPLIT, resolution=SIZE).setup([task]).clients[0]
-    assert client[0][task].shape[-1] == SIZE  # the good view still reads
+    client = Taskonomy(tmp_path, **SPLIT, resolution=SIZE, check="off").setup([task]).clients[0]
+    assert client[0][task].shape[-1] == SIZE  # unchecked, the good view still reads
     with pytest.raises(ValueError, match=message) as error:
         client[1]
     assert str(bad) in str(error.value)

@@ -22,22 +22,29 @@ What the on-disk data looks like (facts gathered from public sources, no code ta
   keypoints2d (raw - 50) / 100; edge_texture (raw - 718) / 1070; normal 2 v - 1; reshading mean of the
   channels then (v - 0.4962) / 0.2846; curvature channels 0, 1 standardised by (0.5175, 0.4987) and
   (0.1373, 0.0359). It resizes every label bilinearly (blending segmentation ids) and silently reuses the
-  previous sample's label when a file is missing or unreadable; this reader raises instead.
+  previous sample's label when a file is missing or unreadable; this reader raises instead, and its file
+  check (:mod:`mas_lightning.data.taskonomy_check`) lists every bad file before training starts.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from mas_lightning.data.base import DataSource, FederatedData, Sample
+from mas_lightning.data.taskonomy_check import AUTO_CHECK_MAX_FILES, CheckReport, check_buildings
 from mas_lightning.data.taskonomy_decode import decode, read_png, resize_mask, valid_pixels
-from mas_lightning.data.taskonomy_index import BuildingViews, Layout, domain_of, index_building
+from mas_lightning.data.taskonomy_index import BuildingViews, Layout, domain_of, index_building, require_complete
+from mas_lightning.errors import ConfigError
 from mas_lightning.tasks import TASKS, parse_tasks
+
+log = logging.getLogger(__name__)
 
 TINY_VAL_BUILDINGS: tuple[str, ...] = ("collierville", "corozal", "darden", "markleeville", "wiconisco")
 TINY_TEST_BUILDINGS: tuple[str, ...] = ("ihlen", "mcdade", "muleshoe", "noxapater", "uvalda")
@@ -80,6 +87,13 @@ class TaskonomyImages(Dataset):
         building, i = self.locate(index)
         paths = {domain: building.path(domain, i) for domain in self.domains}
         arrays = {domain: read_png(path, domain) for domain, path in paths.items()}
+        height, width = arrays["rgb"].shape[:2]
+        for domain, array in arrays.items():
+            if array.shape[:2] != (height, width):  # resizing both would hide a label from another view
+                raise ValueError(
+                    f"{paths[domain]} is {array.shape[1]}x{array.shape[0]}, its RGB image {paths['rgb']} is "
+                    f"{width}x{height}; a label must match its image (check: full lists every such file)"
+                )
         res = self.resolution
         sample: Sample = {"rgb": decode("rgb", arrays["rgb"], res, paths["rgb"])}
         mask = torch.ones(1, res, res, dtype=torch.bool)
@@ -118,6 +132,10 @@ class Taskonomy(DataSource):
         resolution: side length images and labels are resized to.
         max_images_per_building: keep only the first N views (sorted by point, view) of each building.
         drop_incomplete: leave out views lacking a requested label instead of raising.
+        check: decode every file once at setup and refuse bad ones, all listed (see
+            :mod:`~mas_lightning.data.taskonomy_check`): "full" always, "auto" when the selection holds at most
+            ``AUTO_CHECK_MAX_FILES`` (2000) files, views x domains (about half a minute at 512 px), "off" never
+            (a bad file then stops training when it is read).
     """
 
     def __init__(
@@ -129,7 +147,10 @@ class Taskonomy(DataSource):
         resolution: int = 256,
         max_images_per_building: int | None = None,
         drop_incomplete: bool = False,
+        check: Literal["auto", "full", "off"] = "auto",
     ) -> None:
+        if check not in ("auto", "full", "off"):
+            raise ValueError(f"check must be 'auto', 'full' or 'off', got {check!r}")
         if resolution < 1:
             raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
         if max_images_per_building is not None and max_images_per_building < 1:
@@ -150,15 +171,62 @@ class Taskonomy(DataSource):
         self.resolution = resolution
         self.max_images_per_building = max_images_per_building
         self.drop_incomplete = drop_incomplete
+        self.check = check
 
     def setup(self, tasks: Sequence[str]) -> FederatedData:
-        """Index the buildings (one directory listing per building and domain) and build the datasets.
+        """Index the buildings (one directory listing per building and domain), check files, build the datasets.
 
         Raises:
-            FileNotFoundError: root, a domain folder, a listed building or a label is missing.
+            FileNotFoundError: root, a domain folder, a listed building or (unchecked) a label is missing.
             ValueError: bad task names, or no training building is left.
+            ConfigError: the file check found bad files (the first few are named).
         """
         names = parse_tasks(tasks)
+        splits, domains, mask_from = self._index(names)
+        views = [b for buildings in splits.values() for b in buildings]
+        files = sum(len(b.prefixes) for b in views) * len(domains)
+        if self.check == "full" or (self.check == "auto" and files <= AUTO_CHECK_MAX_FILES):
+            report = check_buildings(views, domains, progress=True)
+            if not report.ok:
+                raise ConfigError(
+                    f"Taskonomy files under {self.root}: {report.summary()}; list them all with "
+                    "`python -m mas_lightning check-data -c <config>`"
+                )
+            log.info("Taskonomy %s: %s", self.root, report.summary())
+        else:
+            if self.check == "auto":
+                log.warning(
+                    "Taskonomy %s: %d files, more than the %d that check='auto' decodes at setup; a bad file will "
+                    "stop training when read. Check them once with `python -m mas_lightning check-data -c "
+                    "<config>`, or set check: full", self.root, files, AUTO_CHECK_MAX_FILES,
+                )  # fmt: skip
+            for building in views:
+                require_complete(building)
+
+        def dataset(buildings: list[BuildingViews]) -> TaskonomyImages:
+            return TaskonomyImages(buildings, names, self.resolution, mask_from)
+
+        return FederatedData(
+            clients=[dataset([b]) for b in splits["train"]],
+            client_names=[b.name for b in splits["train"]],
+            val=dataset(splits["val"]),
+            test=dataset(splits["test"]),
+            tasks=names,
+            resolution=self.resolution,
+        )
+
+    def check_files(self, tasks: Sequence[str], *, progress: bool = True, workers: int | None = None) -> CheckReport:
+        """Decode every file that ``setup(tasks)`` would read, whatever ``check`` says; report every bad one.
+
+        Raises:
+            FileNotFoundError, ValueError: as :meth:`setup`, for what stops the indexing (a missing folder).
+        """
+        splits, domains, _ = self._index(parse_tasks(tasks))
+        views = [b for buildings in splits.values() for b in buildings]
+        return check_buildings(views, domains, progress=progress, workers=workers)
+
+    def _index(self, names: tuple[str, ...]) -> tuple[dict[str, list[BuildingViews]], list[str], list[str]]:
+        """Split -> indexed buildings, the domains read, and the domains the mask comes from."""
         layout = Layout.detect(self.root)
         found = layout.buildings()
         held_out = {*self.val_buildings, *self.test_buildings}
@@ -178,24 +246,13 @@ class Taskonomy(DataSource):
                 raise FileNotFoundError(
                     f"no {domain} folder {layout.domain_dir(domain)} (needed by tasks {names}); found domains {present}"
                 )
-
-        def dataset(buildings: Sequence[str]) -> TaskonomyImages:
-            views = [
-                index_building(
-                    layout, b, domains, limit=self.max_images_per_building, drop_incomplete=self.drop_incomplete
-                )
-                for b in buildings
-            ]
-            return TaskonomyImages(views, names, self.resolution, mask_from)
-
-        return FederatedData(
-            clients=[dataset([b]) for b in train],
-            client_names=list(train),
-            val=dataset(self.val_buildings),
-            test=dataset(self.test_buildings),
-            tasks=names,
-            resolution=self.resolution,
-        )
+        lists = {"train": train, "val": self.val_buildings, "test": self.test_buildings}
+        limit, drop = self.max_images_per_building, self.drop_incomplete
+        splits = {
+            split: [index_building(layout, b, domains, limit=limit, drop_incomplete=drop) for b in buildings]
+            for split, buildings in lists.items()
+        }
+        return splits, domains, mask_from
 
     @staticmethod
     def _mask_sources(layout: Layout, tasks: Sequence[str]) -> list[str]:

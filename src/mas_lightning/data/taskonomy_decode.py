@@ -62,6 +62,14 @@ EXPECTED: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "mask_valid": (None, "greyscale image, nonzero where valid"),
 }
 """Domain -> (accepted PIL modes or None for any, what the file should be)."""
+MODE_WORDS: dict[str, str] = {
+    "1": "a 1-bit", "L": "an 8-bit grey", "P": "an 8-bit palette", "LA": "an 8-bit grey + alpha",
+    "RGB": "an 8-bit RGB", "RGBA": "an 8-bit RGBA", "I;16": "a 16-bit grey", "I;16B": "a 16-bit grey",
+    "I;16L": "a 16-bit grey", "I": "a 32-bit integer grey", "F": "a 32-bit float grey",
+}  # fmt: skip
+"""PIL mode -> how a user would name that pixel format (for error messages)."""
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for a truncated, corrupt or non-image file (``UnidentifiedImageError`` is an OSError)."""
 
 
 def read_png(path: Path, domain: str) -> np.ndarray:
@@ -71,7 +79,7 @@ def read_png(path: Path, domain: str) -> np.ndarray:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a readable image, or its pixel format is not the domain's.
     """
-    modes, what = EXPECTED[domain]
+    what = EXPECTED[domain][1]
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so that a truncated file fails here and names itself
@@ -79,11 +87,32 @@ def read_png(path: Path, domain: str) -> np.ndarray:
             array = np.asarray(image)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"missing {domain} file {path}; expected a {what}") from error
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or non-image files
+    except UNREADABLE as error:  # PIL's errors for corrupt or non-image files
         raise ValueError(f"cannot read {path}: {error}; expected a PNG {what}") from error
-    if modes is not None and mode not in modes:
-        raise ValueError(f"{path} is a PIL mode {mode!r} image; the {domain} domain expects a {what} {modes}")
+    problem = mode_problem(domain, mode)
+    if problem:
+        raise ValueError(f"{path} is {problem}")
     return array[..., None] if array.ndim == 2 else array
+
+
+def mode_problem(domain: str, mode: str) -> str | None:
+    """Why a PIL ``mode`` is not how ``domain`` is stored (None when it is), in words a user can act on."""
+    modes, what = EXPECTED[domain]
+    if modes is None or mode in modes:
+        return None
+    return f"{MODE_WORDS.get(mode, 'a')} image (PIL mode {mode!r}); the {domain} domain expects a {what}"
+
+
+def class_id_problem(ids: np.ndarray) -> str | None:
+    """Why a segmentation id array holds ids that are no class (None when every id is in 0..17)."""
+    if ids.size == 0 or int(ids.max()) < NUM_SEGMENT_CLASSES:
+        return None
+    bad = sorted({int(v) for v in np.unique(ids) if v >= NUM_SEGMENT_CLASSES})
+    shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+    return (
+        f"holds class ids [{shown}]; segment_semantic expects ids 0..{NUM_SEGMENT_CLASSES - 1} "
+        "(0 uncertain/ignored, 1 background), as in the Taskonomy release"
+    )
 
 
 def _resize(x: Tensor, resolution: int, *, nearest: bool = False) -> Tensor:
@@ -123,13 +152,9 @@ def decode(domain: str, array: np.ndarray, resolution: int, path: Path) -> Tenso
         scaled = _channels_first(array) / (65535.0 * SATURATION[domain])
         return _resize(scaled, resolution).clamp_(0.0, 1.0)
     if domain == "segment_semantic":
-        ids = array[..., 0]
-        if int(ids.max()) >= NUM_SEGMENT_CLASSES:
-            bad = sorted({int(v) for v in np.unique(ids) if v >= NUM_SEGMENT_CLASSES})
-            raise ValueError(
-                f"{path} holds class ids {bad}; segment_semantic expects ids 0..{NUM_SEGMENT_CLASSES - 1} "
-                "(0 uncertain/ignored, 1 background), as in the Taskonomy release"
-            )
+        problem = class_id_problem(array[..., 0])
+        if problem:
+            raise ValueError(f"{path} {problem}")
         return _resize(_channels_first(array[..., :1]), resolution, nearest=True)[0].round().long()
     raise ValueError(f"no decoder for domain {domain!r}; known: {', '.join(EXPECTED)}")
 

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,30 @@ class BuildingViews:
     """``point_<p>_view_<v>`` of each view, sorted by (point, view)."""
     files: dict[str, tuple[Path, str]]
     """domain -> (folder, domain name used in the file names)."""
+    missing: dict[str, list[str]] = field(default_factory=dict)
+    """domain -> prefixes of kept views that have no file of that domain (see :func:`require_complete`)."""
 
     def path(self, domain: str, index: int) -> Path:
         folder, file_domain = self.files[domain]
         return folder / f"{self.prefixes[index]}_domain_{file_domain}.png"
 
+    def file(self, domain: str, prefix: str) -> Path:
+        folder, file_domain = self.files[domain]
+        return folder / f"{prefix}_domain_{file_domain}.png"
+
 
 def index_building(
     layout: Layout, building: str, domains: Sequence[str], *, limit: int | None = None, drop_incomplete: bool = False
 ) -> BuildingViews:
-    """List a building's rgb views once and check that every other domain has a file for each of them.
+    """List a building's rgb views once and find, for every other domain, which of them lack a file.
+
+    Views lacking a label are left out with ``drop_incomplete`` (logging how many); otherwise they are kept
+    and their absent files listed in ``missing``, so that the file check can report all of them together,
+    or :func:`require_complete` can stop at the first. Only the first ``limit`` views kept are looked at.
 
     Raises:
-        FileNotFoundError: a domain folder of the building, or a label of a view, is missing
-            (unless ``drop_incomplete``, which leaves such views out and logs how many).
-        ValueError: the building has no rgb view.
+        FileNotFoundError: a domain folder of the building is missing.
+        ValueError: the building has no rgb view (or, with ``drop_incomplete``, none with every label).
     """
     rgb_dir = layout.domain_dir("rgb") / building
     if not rgb_dir.is_dir():
@@ -95,7 +104,7 @@ def index_building(
     if not prefixes:
         raise ValueError(f"no rgb views in {rgb_dir}; expected files named point_<p>_view_<v>_domain_rgb.png")
     files = {"rgb": (rgb_dir, "rgb")}
-    complete = set(prefixes)
+    missing: dict[str, list[str]] = {}
     for domain in domains:
         if domain == "rgb":
             continue
@@ -108,19 +117,34 @@ def index_building(
             FILE_DOMAINS.get(domain, (domain,)), key=lambda d: sum(f"{p}_domain_{d}.png" in names for p in prefixes)
         )
         files[domain] = (folder, file_domain)
-        missing = [p for p in prefixes if f"{p}_domain_{file_domain}.png" not in names]
-        if missing and not drop_incomplete:
-            raise FileNotFoundError(
-                f"missing {domain} label {folder / f'{missing[0]}_domain_{file_domain}.png'} for the rgb image "
-                f"{rgb_dir / f'{missing[0]}_domain_rgb.png'} ({len(missing)} of {len(prefixes)} views of {building!r} "
-                "lack one); every rgb view needs one file per requested domain, or set drop_incomplete=True"
-            )
-        complete.difference_update(missing)
-    if len(complete) < len(prefixes):
-        log.warning(
-            "%s: left out %d of %d views lacking a label", building, len(prefixes) - len(complete), len(prefixes)
-        )
-        prefixes = [p for p in prefixes if p in complete]
+        absent = [p for p in prefixes if f"{p}_domain_{file_domain}.png" not in names]
+        if absent:
+            missing[domain] = absent
+    if drop_incomplete and missing:
+        incomplete = {p for absent in missing.values() for p in absent}
+        log.warning("%s: left out %d of %d views lacking a label", building, len(incomplete), len(prefixes))
+        prefixes = [p for p in prefixes if p not in incomplete]
         if not prefixes:
             raise ValueError(f"no view of building {building!r} has every requested label")
-    return BuildingViews(building, prefixes[:limit], files)
+        missing = {}
+    kept = prefixes[:limit]
+    if missing:
+        used = set(kept)
+        missing = {d: [p for p in absent if p in used] for d, absent in missing.items()}
+        missing = {d: absent for d, absent in missing.items() if absent}
+    return BuildingViews(building, kept, files, missing)
+
+
+def require_complete(building: BuildingViews) -> None:
+    """Stop at the building's first missing label, naming it and its rgb image.
+
+    Raises:
+        FileNotFoundError: a kept view has no file for one of the requested domains.
+    """
+    for domain, absent in building.missing.items():
+        raise FileNotFoundError(
+            f"missing {domain} label {building.file(domain, absent[0])} for the rgb image "
+            f"{building.file('rgb', absent[0])} ({len(absent)} of {len(building.prefixes)} views of "
+            f"{building.name!r} lack one); every rgb view needs one file per requested domain, or set "
+            "drop_incomplete=True (or check: full to list every bad file)"
+        )
