@@ -1,4 +1,5 @@
-"""The command line: bad configs end with one clear line and exit code 2; -c and dotted overrides work."""
+"""The command line: bad configs end with one clear line (no usage block) and exit code 2; -c and dotted overrides
+work. The mistakes users reported, and Ctrl-C: ``tests/commands/test_user_errors.py``."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_bad_config_exits_2_naming_the_key(args: list[str], needle: str, capsys:
     assert code == 2
     assert needle in err
     assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err  # one line, no usage block before it
 
 
 def test_config_file_with_short_flag_and_override(tmp_path: Path) -> None:

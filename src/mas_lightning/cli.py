@@ -3,17 +3,25 @@
 Each command is a typed function; jsonargparse turns its signature (types, defaults, docstring) into
 options, YAML config files (``-c``/``--config``, repeatable, later wins), ``--print_config`` and
 dependency injection of classes with ``class_path``/``init_args``. Bad input (unknown key, wrong type,
-value rejected by a constructor) ends with one line naming the problem and exit code 2.
+value rejected by a constructor, a YAML syntax error) ends with one line naming the problem and exit code 2,
+without jsonargparse's usage block (``--help`` shows it); Ctrl-C ends with one line saying where the run
+stopped and the command that resumes it, and exit code 130.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import shlex
+import shutil
 import sys
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from mas_lightning.errors import ConfigError, RunError
@@ -30,6 +38,10 @@ COMMANDS: dict[str, str] = {
     "compare": "mas_lightning.commands.compare:compare",
 }
 
+PROG = "python -m mas_lightning"
+INTERRUPTED = 130
+"""Exit code after Ctrl-C: the shell's 128 + SIGINT."""
+
 
 def _load(target: str) -> Callable[..., Any]:
     module, name = target.split(":")
@@ -37,8 +49,12 @@ def _load(target: str) -> Callable[..., Any]:
 
 
 def build_parser(commands: dict[str, str] | None = None) -> ArgumentParser:
-    """The parser with one subcommand per entry of ``commands`` (default: :data:`COMMANDS`)."""
-    parser = ArgumentParser(prog="python -m mas_lightning", description=__doc__.splitlines()[0])
+    """The parser with one subcommand per entry of ``commands`` (default: :data:`COMMANDS`).
+
+    ``exit_on_error=False``: a parse error raises ``ArgumentError`` for :func:`main` to print as one line,
+    instead of jsonargparse printing its ~30-line usage block first.
+    """
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0], exit_on_error=False)
     subcommands = parser.add_subcommands(dest="command")
     for name, target in (commands or COMMANDS).items():
         function = _load(target)
@@ -49,26 +65,129 @@ def build_parser(commands: dict[str, str] | None = None) -> ArgumentParser:
 
 def command_parser(function: Callable[..., Any]) -> ArgumentParser:
     """The parser of one command: ``-c/--config`` plus one option per parameter of ``function``."""
-    sub = ArgumentParser(description=(function.__doc__ or "").strip().split("\n\n")[0])
+    sub = ArgumentParser(description=(function.__doc__ or "").strip().split("\n\n")[0], exit_on_error=False)
     sub.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file(s); later ones win.")
     sub.add_function_arguments(function, fail_untyped=True, skip={RESOLVED_CONFIG})
     return sub
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(_one_line(message), file=sys.stderr)
+    raise SystemExit(code)
+
+
+def config_files(args: Sequence[str]) -> list[Path]:
+    """The files given with ``-c``/``--config`` (``-c X``, ``--config X``, ``--config=X``, ``-c=X``)."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--config") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith(("--config=", "-c=")):
+            files.append(arg.split("=", 1)[1])
+    return [Path(f) for f in files if Path(f).is_file()]
+
+
+def yaml_error(files: Sequence[Path], seen: set[Path] | None = None) -> str | None:
+    """The first YAML syntax error in ``files`` or the files they include (``config: other.yaml``), as
+    "file, line L, column C: problem"; jsonargparse names only "<unicode string>"."""
+    seen = set() if seen is None else seen
+    for path in files:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        try:
+            node = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+            context = ""
+            if error.context and error.context_mark and error.context_mark is not mark:
+                context = f" ({error.context} at line {error.context_mark.line + 1}, column " \
+                          f"{error.context_mark.column + 1})"
+            return f"{where}: YAML syntax error: {error.problem or error.context}{context}"
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        included = _included(node, path.parent)
+        if included and (found := yaml_error(included, seen)) is not None:
+            return found
+    return None
+
+
+def _included(node: Any, folder: Path) -> list[Path]:
+    """Files a config includes with a top-level ``config:`` key (one path or a list), relative to it."""
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    for key, value in node.value:
+        if getattr(key, "value", None) == "config":
+            items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            names = [item.value for item in items if isinstance(item, yaml.ScalarNode)]
+            return [p for p in (folder / n for n in names) if p.is_file()]
+    return []
+
+
+def resume_command(args: Sequence[str], overwrite: bool) -> str:
+    """The command that continues this run: the same command line with ``--resume auto`` (and no overwrite)."""
+    script = Path(sys.argv[0]).name if sys.argv else ""
+    if script == "mas-lightning":
+        prog = [script if shutil.which(script) == os.path.abspath(sys.argv[0]) else sys.argv[0]]
+    else:
+        prog = ["python" if shutil.which("python") == sys.executable else sys.executable, "-m", "mas_lightning"]
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--resume", "--overwrite"):
+            skip = True
+        elif not arg.startswith(("--resume=", "--overwrite=")):
+            kept.append(arg)
+    extra = ["--overwrite", "false"] if overwrite else []
+    return shlex.join([*prog, *kept, *extra, "--resume", "auto"])
+
+
 def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = None) -> Any:
     """Parse ``argv``, build the configured objects and run the chosen command; returns its result."""
     commands = commands or COMMANDS
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = next((a for a in args if a in commands), None)
     parser = build_parser(commands)
-    cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = parser.parse_args(args)
+    except ArgumentError as error:
+        message = _one_line(error)
+        if "<unicode string>" in message:
+            message = yaml_error(config_files(args)) or message
+        where, hint = (f"invalid configuration for '{name}'", f"{PROG} {name} --help") if name else \
+            ("invalid command line", f"{PROG} --help")
+        _fail(f"error: {where}: {message} (see: {hint})", 2)
     name = cfg.command
+    function = _load(commands[name])
+    resumable = "resume" in inspect.signature(function).parameters
+    try:
+        return _run(parser, cfg, name, function)
+    except KeyboardInterrupt:
+        # Outside a training loop (parsing, data, Fabric, the summary): nothing new was trained.
+        then = f"; run it again with: {resume_command(args, bool(cfg[name].get('overwrite')))}" if resumable else ""
+        _fail(f"{name} interrupted before or after its training loop{then}", INTERRUPTED)
+    except RunError as error:
+        if error.exit_code == INTERRUPTED and resumable:
+            _fail(f"{name} {error}; resume with: {resume_command(args, bool(cfg[name].get('overwrite')))}",
+                  INTERRUPTED)
+        # The run stopped for a reason the message explains (where, and what to do next): no traceback.
+        _fail(f"error: {name} stopped: {error}", error.exit_code)
+
+
+def _run(parser: ArgumentParser, cfg: Any, name: str, function: Callable[..., Any]) -> Any:
     try:
         init = parser.instantiate(cfg)
     except (ValueError, TypeError, FileNotFoundError) as error:
         # A constructor rejected a value: one clear line, no traceback, same exit code as a parse error.
-        print(f"error: invalid configuration for '{name}': {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(f"error: invalid configuration for '{name}': {error}", 2)
     kwargs = {k: v for k, v in vars(init[name]).items() if k != "config"}
-    function = _load(commands[name])
     if RESOLVED_CONFIG in inspect.signature(function).parameters:
         # Commands that keep a record of their run receive the full resolved config as YAML.
         kwargs[RESOLVED_CONFIG] = command_parser(function).dump(cfg[name])
@@ -76,9 +195,4 @@ def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = No
         return function(**kwargs)
     except ConfigError as error:
         # Checks that need several values together (tasks vs data, split round vs rounds) fail here.
-        print(f"error: invalid configuration for '{name}': {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
-    except RunError as error:
-        # The run stopped for a reason the message explains (where, and what to do next): no traceback.
-        print(f"error: {name} stopped: {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
+        _fail(f"error: invalid configuration for '{name}': {error}", error.exit_code)

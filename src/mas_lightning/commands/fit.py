@@ -23,6 +23,8 @@ from lightning.fabric import Fabric
 from torch import nn
 from torch.optim import Optimizer
 
+from mas_lightning.commands import preflight
+from mas_lightning.commands.interrupt import report_interrupt
 from mas_lightning.commands.run_folder import claim_run_folder
 from mas_lightning.commands.run_identity import identity_from_arguments, identity_from_yaml
 from mas_lightning.data.base import DataSource
@@ -108,10 +110,13 @@ def fit(
     if name is None and os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         run_name += f"-{os.environ['WANDB_RUN_ID']}"  # sweep runs share a config: keep their folders apart
     run_dir = Path(out) / run_name
+    # Seed, out folder, resume file, optimiser: refused now (exit 2), not after Fabric and the data are built.
+    preflight.check_options(optimizer=optimizer, seed=seed, out=Path(out), run_dir=run_dir, resume=resume)
     # Method callbacks first: the report's callbacks read what they add to a stage's result.
     callbacks = [*method.callbacks(), AffinityFiles(), MetricsFile()]
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                    precision=precision, callbacks=callbacks, loggers=make_loggers(logger, run_dir, run_name))
+    fabric = preflight.make_fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                                   precision=precision, callbacks=callbacks,
+                                   loggers=make_loggers(logger, run_dir, run_name))
     fabric.launch()
     fabric.seed_everything(seed, verbose=False)
     # What determines the numbers: the resolved config from the CLI, else the Python arguments, described.
@@ -130,6 +135,7 @@ def fit(
             federated_data = data.setup(task_names)
         except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"data: {error}") from None
+        preflight.check_data(engine.clients_per_round, len(federated_data.clients), type(data).__name__)
         return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
                     engine, seed, run_dir, resume, callbacks, identity=dict(identity))
     finally:
@@ -159,7 +165,7 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
             print(f"resumed from {checkpoint} after {len(state['metrics'])} rounds "
                   f"(stage {state['stage']}: {state['stage_name'] or 'not started'})")
     started = time.perf_counter()
-    with progress:
+    with progress, report_interrupt(state, run_dir):
         run_method(engine, method, tasks, rounds, state, progress)
     summary = build_summary(method, tasks, rounds, state, seed)
     summary["session_wall_s"] = round(time.perf_counter() - started, 3)
