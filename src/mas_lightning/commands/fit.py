@@ -4,7 +4,10 @@ Three layers, as in LitGPT: :func:`fit` faces the command line and builds Fabric
 data, the engine and the run's one flat ``state`` (resuming it from a checkpoint when asked);
 :func:`run_method` asks the method for stages and lets the engine train them. The run folder
 ``<out>/<name>/`` holds ``config.yaml`` (resolved), ``metrics.csv`` (one row per round),
-``checkpoints/last.pt`` and, at the end, ``summary.json``.
+``checkpoints/last.pt`` and, at the end, ``summary.json``. One process writes it at a time (``.lock``,
+taken by global rank 0 for the whole run); a folder that holds a run is continued only with ``resume`` and
+under the same options (:mod:`~mas_lightning.commands.run_identity`), or replaced with ``overwrite``
+(:mod:`~mas_lightning.commands.run_folder`).
 """
 
 from __future__ import annotations

@@ -96,8 +96,7 @@ def clear_run(run_dir: Path) -> None:
 def read_identity(checkpoint: Path) -> Identity | None:
     """The identity stored in a checkpoint; ``None`` for one written before identities were recorded.
 
-    The file is memory-mapped, so its weights are not read. A checkpoint that cannot be read raises here
-    (``load_state`` would fail on it anyway).
+    The file is memory-mapped, so its weights are not read. A checkpoint that cannot be read raises here.
     """
     state: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     return state.get("identity") or None  # type: ignore[return-value]
@@ -126,13 +125,16 @@ def check_run_folder(run_dir: Path, resume: bool | str | Path, overwrite: bool, 
     try:
         checkpoint = find_resume(resume, run_dir / CHECKPOINTS)
     except FileNotFoundError as error:
-        raise ConfigError(f"resume: {error}") from None
+        raise ConfigError(str(error)) from None  # it names resume and the file
     if checkpoint is None:
         if found:
             raise ConfigError(f"resume=auto: run folder {run_dir} holds {', '.join(found)} but no checkpoint to "
                               "continue from; use another --name, or --overwrite true to run it again")
         return
-    stored = read_identity(checkpoint)
+    try:
+        stored = read_identity(checkpoint)
+    except Exception:  # noqa: BLE001 - damaged or not a checkpoint: loading it names the damage in one line
+        return
     if stored is None:
         print(f"warning: {checkpoint} records no run identity (written before identities were): resuming "
               "without checking that its configuration is this one", file=sys.stderr)
