@@ -2,11 +2,13 @@
 
 Layout: ``<root>/minitaskonomy/<key>/`` holds one ``<part>.pt`` file per building (a dict of tensors,
 read back with ``torch.load(weights_only=True)``, never by unpickling code) and ``manifest.json``,
-written last, listing every file with its byte size. A folder is trusted only if its manifest exists
-and every file matches it; anything else (a writer killed mid-way, a truncated file) is deleted and
-rendered again. Writers build in a private temporary folder and ``rename`` it into place, so readers
-never see a half-written cache, and two concurrent writers cannot mix their files; the temporary
-folders of writers that died are removed by the next writer on the same host.
+written last, listing every file with its byte size and CRC-32. A folder is trusted only if its manifest
+exists and every file matches both; anything else (a writer killed mid-way, a truncated file, bytes changed
+on disk) is deleted and rendered again. Checking the sums reads every file once: 25-50 ms of CPU for the
+default data set's 61 MB on a 2-core machine (its mmap-ed load alone: 20-30 ms; a cached ``setup``: 0.2-0.9 s).
+Writers build in a private temporary folder and ``rename`` it into place, so readers never see a
+half-written cache, and two concurrent writers cannot mix their files; the temporary folders of writers
+that died are removed by the next writer on the same host.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import os
 import shutil
 import socket
 import uuid
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump whenever the rendering or the stored format changes: old caches then stop matching."""
 MANIFEST = "manifest.json"
+CHUNK = 4 << 20
 Parts = dict[str, dict[str, Tensor]]
 
 
@@ -41,6 +45,15 @@ def cache_key(params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def crc32_file(path: Path) -> str:
+    """CRC-32 of a file as 8 hex digits: fast (GB/s), and catches accidental damage, not tampering."""
+    crc = 0
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
 def read(folder: Path) -> Parts | None:
     """The parts stored in ``folder``, or None when it is missing, incomplete or damaged."""
     try:
@@ -50,9 +63,12 @@ def read(folder: Path) -> Parts | None:
         files = manifest["files"]
         if any((folder / name).stat().st_size != size for name, size in files.items()):
             return None
+        sums = manifest["crc32"]
+        if any(crc32_file(folder / name) != sums[name] for name in files):
+            return None
         return {Path(name).stem: torch.load(folder / name, weights_only=True, mmap=True) for name in files}
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError):
-        # Missing manifest or file, unparsable JSON, or a tensor file torch cannot read.
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError):
+        # Missing manifest or file, unparsable or malformed JSON, or a tensor file torch cannot read.
         return None
 
 
@@ -62,12 +78,12 @@ def write(folder: Path, parts: Parts, params: dict) -> None:
     temporary = folder.parent / f"{_temporary_prefix(folder)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir()
     try:
-        files = {}
+        files, sums = {}, {}
         for name, arrays in parts.items():
             path = temporary / f"{name}.pt"
             torch.save({k: v.contiguous() for k, v in arrays.items()}, path)
-            files[path.name] = path.stat().st_size
-        manifest = {"format": FORMAT_VERSION, "params": params, "files": files}
+            files[path.name], sums[path.name] = path.stat().st_size, crc32_file(path)
+        manifest = {"format": FORMAT_VERSION, "params": params, "files": files, "crc32": sums}
         (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
         try:
             temporary.rename(folder)

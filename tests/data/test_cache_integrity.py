@@ -1,0 +1,77 @@
+"""The mini-Taskonomy cache checks each file's CRC-32: bytes changed on disk make the folder be rendered again."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mas_lightning.data.minitaskonomy import MiniTaskonomy, source
+from mas_lightning.data.minitaskonomy.cache import MANIFEST, crc32_file
+
+TINY = dict(clients=3, images_per_client=8, size_ratio=2.0, eval_images_per_building=4, resolution=32)
+IMAGES = 34
+"""Images rendered for TINY: its three clients and four evaluation buildings."""
+
+
+class RenderCounter:
+    """Counts the images rendered, by wrapping the source module's renderer."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.images = 0
+        self.original = source.render_scenes
+        monkeypatch.setattr(source, "render_scenes", self)
+
+    def __call__(self, scenes, *args, **kwargs):
+        self.images += len(scenes)
+        return self.original(scenes, *args, **kwargs)
+
+
+def flip_tensor_byte(path: Path) -> None:
+    """Flip one byte in the middle of the largest tensor record (same size; the zip and pickle stay valid)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = int.from_bytes(handle.read(2), "little"), int.from_bytes(handle.read(2), "little")
+        offset = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0x01]))
+
+
+def test_flipped_bytes_in_a_cache_file_make_the_folder_be_rebuilt(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = RenderCounter(monkeypatch)
+    fresh = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("all").clients[1].arrays
+    fresh = {k: v.clone() for k, v in fresh.items()}
+    folder = next((tmp_path / "minitaskonomy").iterdir())
+    victim = folder / "building01.pt"
+    size = victim.stat().st_size
+    flip_tensor_byte(victim)
+    assert victim.stat().st_size == size  # a size check alone cannot see it
+    damaged = torch.load(victim, weights_only=True)  # and torch reads it without complaint
+    assert any(not torch.equal(damaged[k], fresh[k]) for k in damaged)
+    counter.images = 0
+
+    rebuilt = MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("all").clients[1].arrays
+    assert counter.images == IMAGES  # rendered again, not served from the damaged folder
+    assert rebuilt.keys() == fresh.keys() and all(torch.equal(rebuilt[k], fresh[k]) for k in fresh)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["crc32"]["building01.pt"] == crc32_file(victim)
+
+
+def test_a_manifest_without_the_file_checksums_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("d")
+    manifest_path = next((tmp_path / "minitaskonomy").iterdir()) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["crc32"]["building02.pt"]
+    manifest_path.write_text(json.dumps(manifest))
+    counter = RenderCounter(monkeypatch)
+    MiniTaskonomy(**TINY, cache_dir=tmp_path).setup("d")
+    assert counter.images == IMAGES
+    assert "building02.pt" in json.loads(manifest_path.read_text())["crc32"]
