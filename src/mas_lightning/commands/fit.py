@@ -43,7 +43,7 @@ from mas_lightning.methods import AllInOne, Method
 from mas_lightning.model import MultiTaskModel, TaskMetrics
 from mas_lightning.report.affinity_files import AffinityFiles
 from mas_lightning.report.loggers import make_loggers
-from mas_lightning.report.metrics_file import MetricsFile
+from mas_lightning.report.metrics_file import MetricsFile, write_run_file
 from mas_lightning.report.progress import RoundProgress
 from mas_lightning.report.summary import build_summary
 from mas_lightning.tasks import parse_tasks
@@ -161,7 +161,7 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
     state = new_state(identity)
     checkpoint = find_resume(resume, run_dir / "checkpoints")
     if checkpoint is not None:
-        state = load_state(checkpoint, callbacks, fabric.device)
+        state = load_state(checkpoint, callbacks, fabric.device, tasks, resume)  # refuses damaged or foreign files
         if identity is not None and not state.get("identity"):
             state["identity"] = identity  # a checkpoint from before identities (rank 0 warned)
         if fabric.global_rank == 0:
@@ -179,7 +179,7 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
     for logger in fabric.loggers:
         logger.finalize("success")
     if fabric.global_rank == 0:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_run_file(run_dir / "summary.json", lambda handle: json.dump(summary, handle, indent=2), state)
         print(f"total test loss {summary['total_test_loss']:.4f}; summary in {run_dir / 'summary.json'}")
     return summary
 
