@@ -9,6 +9,7 @@ and rounded back to their integer type.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -154,3 +155,22 @@ def is_finite_state(state: Mapping[str, Tensor]) -> bool:
     checks = [v.sum(dtype=torch.float64) if v.dtype != torch.float64 else (v * 0).sum()
               for v in state.values() if v.is_floating_point()]
     return not checks or bool(torch.isfinite(torch.stack(checks)).all())
+
+
+def update_norm(state: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
+    """L2 norm of ``state - reference`` over the floating tensors (parameters and float buffers).
+
+    The size of a client's update against the round's global state, one number per client. It is computed in
+    the tensors' own dtype, one fused call (a few ms for a 1.4M-parameter model on one CPU thread, less than
+    a float64 copy), and redone exactly in float64 when that is not finite: so the result is NaN/Inf exactly
+    when ``state`` holds NaN/Inf (given a finite ``reference``), and finite for any finite weights.
+    """
+    keys = [k for k, v in state.items() if v.is_floating_point()]
+    if not keys:
+        return 0.0
+    deltas = torch._foreach_sub([state[k] for k in keys], [reference[k] for k in keys])
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(deltas)), dtype=torch.float64))
+    if not math.isfinite(norm):  # NaN/Inf, or a difference or norm past the range of the dtype (|w| near 3e38)
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(state[k].double() - reference[k])
+                                                           for k in keys])))
+    return norm

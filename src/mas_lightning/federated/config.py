@@ -30,6 +30,12 @@ class FederatedConfig:
     """Probability that a sampled client drops out of a round (robustness studies)."""
     max_failed_rounds: int = 3
     """Stop with an error after this many consecutive rounds where no client update survived."""
+    max_update_ratio: float | None = 1000.0
+    """Drop a client update (its state minus the round's global state, floating tensors) whose L2 norm exceeds
+    this multiple of the median accepted update norm of the same group in the stage's previous round (the
+    ``update_norm/<group>`` column of metrics.csv); None: off. The first round of a stage has no reference."""
+    max_update_norm: float | None = None
+    """Drop a client update whose L2 norm exceeds this absolute value (None: off); model-dependent, so off."""
 
     def __post_init__(self) -> None:
         if isinstance(self.clients_per_round, float) and not 0.0 < self.clients_per_round <= 1.0:
@@ -45,6 +51,10 @@ class FederatedConfig:
             raise ValueError(f"engine.client_dropout={self.client_dropout} must be in [0, 1)")
         if self.max_failed_rounds < 1:
             raise ValueError(f"engine.max_failed_rounds={self.max_failed_rounds} must be >= 1")
+        if self.max_update_ratio is not None and not self.max_update_ratio > 1.0:
+            raise ValueError(f"engine.max_update_ratio={self.max_update_ratio} must be > 1 (or null: off)")
+        if self.max_update_norm is not None and not self.max_update_norm > 0.0:
+            raise ValueError(f"engine.max_update_norm={self.max_update_norm} must be > 0 (or null: off)")
 
 
 @dataclass

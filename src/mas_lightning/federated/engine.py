@@ -9,6 +9,8 @@ sums are all-reduced, so every rank holds the same new global state.
 
 Hooks and their typed contexts are listed in :mod:`mas_lightning.federated.callbacks`. Everything that must
 survive a crash lives in the :class:`~mas_lightning.federated.state.RunState`, which is the checkpoint.
+Client updates that are NaN/Inf or absurdly large are dropped, and a non-finite validation or test loss
+stops the run (:mod:`mas_lightning.federated.guards`).
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from torch import Tensor, nn
 
 from mas_lightning import seeding
 from mas_lightning.data.base import FederatedData
+from mas_lightning.errors import RunError
 from mas_lightning.federated import accounting, sampling
-from mas_lightning.federated.aggregation import Aggregator, WeightedSum, is_finite_state
+from mas_lightning.federated.aggregation import Aggregator, WeightedSum, update_norm
 from mas_lightning.federated.callbacks import Callback, FitContext, RoundContext, StageContext
 from mas_lightning.federated.checkpoint import save_state
 from mas_lightning.federated.client import LocalTrainer, ModelFactory, OptimizerFactory
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.evaluation import evaluate
+from mas_lightning.federated.guards import UpdateScreen, check_losses
 from mas_lightning.federated.state import Clock, RunState, StageResult, Weights
 from mas_lightning.tasks import letters
 
@@ -109,13 +113,16 @@ class FederatedEngine:
         validated: dict[str, dict[str, float]] = {}
         if self._last_val is not None and self._last_val[:2] == (state["stage"], stage.rounds - 1):
             validated = self._last_val[2]
+        when = f"at its end, after round {state['clock']['first_round'] + stage.rounds - 1}"
         for group, weights in zip(state["groups"], state["weights"], strict=True):
             key = letters(group)
             model = self.load_global(group, weights)
             # The last round has just validated these very weights: reuse, never evaluate them twice.
             result["val"][key] = validated.get(key) or self.evaluate(model, self.data.val)
+            check_losses(result["val"][key], state, stage, group, "validation", when)
             if stage.final:
                 result["test"][key] = self.evaluate(model, self.data.test)
+                check_losses(result["test"][key], state, stage, group, "test", when)
         self.fabric.call("on_stage_end", StageContext(self, state, stage), result)
         return result
 
@@ -131,18 +138,19 @@ class FederatedEngine:
         clients = sampling.sample_clients(
             self.seed, clock["seed_stage"], run_round, len(self.data.clients), self.per_round, cfg.client_dropout
         )
-        mine = clients[fabric.global_rank :: fabric.world_size]
         progress = run_round / max(clock["schedule_rounds"], 1)
         factor = (1.0 - progress) ** cfg.poly_power if cfg.lr_decay == "poly" else 1.0
         totals = torch.zeros(4, dtype=torch.float64)  # client seconds, samples, dropped updates, FLOPs
+        screen = UpdateScreen(cfg, state, round_, clients)
         updated = 0
         for g, group in enumerate(state["groups"]):
             total = WeightedSum.zeros_like(state["weights"][g])
-            for client in mine:
+            for position in range(fabric.global_rank, len(clients), fabric.world_size):  # this rank's clients
+                client = clients[position]
                 gen = seeding.generator(self.seed, "batches", clock["seed_stage"], run_round, client, letters(group))
                 update = self.trainer.train(ctx, group, state["weights"][g], client, self.data.clients[client],
                                             factor, gen)
-                ok = self._add_update(total, update.model, client, group, run_round)
+                ok = self._add_update(total, update.model, state["weights"][g], screen, g, position, run_round)
                 flops = update.samples * state["flops_per_sample"].get(letters(group), 0.0)
                 totals += torch.tensor([update.seconds, update.samples, 0.0 if ok else 1.0, flops],
                                        dtype=torch.float64)
@@ -154,10 +162,13 @@ class FederatedEngine:
                 averaged = total.mean(like=state["weights"][g])
                 state["weights"][g] = self.aggregator.server_update(state["weights"][g], averaged)
                 updated += 1
+        packed = torch.cat([totals, screen.norms.reshape(-1)])
         if fabric.world_size > 1:  # on the device: NCCL cannot reduce CPU tensors
-            totals = fabric.all_reduce(totals.to(fabric.device), reduce_op="sum").cpu()
-        self._check_failures(state, stage, round_, updated, len(clients))
+            packed = fabric.all_reduce(packed.to(fabric.device), reduce_op="sum").cpu()
+        totals, norms = packed[:4], packed[4:].reshape(screen.norms.shape)
+        self._check_failures(state, stage, run_round, updated, len(clients))
         row = self._round_row(state, stage, round_, run_round, clients, factor, totals)
+        row.update(screen.medians(norms))
         fabric.call("on_round_end", ctx, row)
         self._account(state, started, totals)
         row["wall_s"] = round(time.perf_counter() - started, 4)
@@ -166,15 +177,18 @@ class FederatedEngine:
         self.save(state)
         fabric.log_dict({k: v for k, v in row.items() if isinstance(v, int | float)}, step=len(state["metrics"]))
 
-    def _add_update(self, total: WeightedSum, model: nn.Module, client: int, group: tuple[str, ...],
-                    run_round: int) -> bool:
-        """Add a client's trained state to the round's sum, unless it holds NaN/Inf (then warn and drop it)."""
+    def _add_update(self, total: WeightedSum, model: nn.Module, global_weights: Weights, screen: UpdateScreen,
+                    g: int, position: int, run_round: int) -> bool:
+        """Add a client's trained state to the round's sum unless the screen drops it (NaN/Inf or too large)."""
         client_state = model.state_dict()
-        if is_finite_state(client_state):
+        # The norm is NaN/Inf exactly when the state holds NaN/Inf: one pass over the weights checks both.
+        reason = screen.judge(g, position, update_norm(client_state, global_weights))
+        client = screen.clients[position]
+        if reason is None:
             total.add(client_state, float(len(self.data.clients[client])))
             return True
-        log.warning("client %d (%s) sent a NaN/Inf update for group %s in round %d: dropped from the aggregate",
-                    client, self.data.client_names[client], letters(group), run_round)
+        log.warning("client %d (%s) sent %s for group %s in round %d: dropped from the aggregate",
+                    client, self.data.client_names[client], reason, screen.groups[g], run_round)
         return False
 
     def load_global(self, group: tuple[str, ...], weights: Weights) -> nn.Module:
@@ -186,18 +200,19 @@ class FederatedEngine:
         return evaluate(self.fabric, model, dataset, self.config.eval_batch_size, self.metrics_factory)
 
     # ----------------------------------------------------------------- bookkeeping
-    def _check_failures(self, state: RunState, stage: Stage, round_: int, updated: int, sampled: int) -> None:
+    def _check_failures(self, state: RunState, stage: Stage, run_round: int, updated: int, sampled: int) -> None:
         if updated > 0:
             state["failed_rounds"] = 0
             return
         state["failed_rounds"] += 1
         log.warning("round %d of stage %r: no client update survived (%d sampled); global weights unchanged",
-                    round_, stage.name, sampled)
+                    run_round, stage.name, sampled)
         if state["failed_rounds"] >= self.config.max_failed_rounds:
-            raise RuntimeError(
-                f"stage {stage.name!r}: {state['failed_rounds']} consecutive rounds without a valid client update "
-                f"(NaN/Inf updates or every client dropped); stopping. Lower the learning rate or client_dropout, "
-                f"or raise engine.max_failed_rounds (now {self.config.max_failed_rounds})."
+            raise RunError(
+                f"stage {stage.name!r}, round {run_round}: {state['failed_rounds']} consecutive rounds without a "
+                f"valid client update (NaN/Inf or over-limit updates, or every client dropped); stopping. Lower "
+                f"the learning rate or client_dropout, or raise engine.max_failed_rounds (now "
+                f"{self.config.max_failed_rounds})."
             )
 
     def _round_row(self, state: RunState, stage: Stage, round_: int, run_round: int, clients: list[int],
@@ -208,6 +223,7 @@ class FederatedEngine:
             total, per_group = 0.0, {}
             for group, weights in zip(state["groups"], state["weights"], strict=True):
                 metrics = self.evaluate(self.load_global(group, weights), self.data.val)
+                check_losses(metrics, state, stage, group, "validation", f"in round {run_round}")
                 per_group[letters(group)] = metrics
                 total += metrics["total_loss"]
                 row.update({f"val/{k}": v for k, v in metrics.items() if k != "total_loss"})

@@ -1,9 +1,16 @@
-"""``summary.json``: what a run achieved and what it cost, from its final state."""
+"""``summary.json``: what a run achieved and what it cost, from its final state.
+
+It never holds NaN or Infinity (not JSON; most readers reject them): a non-finite test loss stops with a
+:class:`~mas_lightning.errors.RunError` (the engine already stops a diverging run before its end), and any
+other non-finite number (an undefined metric, an affinity entry) is written as ``null``.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from mas_lightning.errors import RunError
 from mas_lightning.federated.state import RunState, StageResult
 from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
@@ -23,9 +30,13 @@ def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: Ru
         stage, key = served[task]
         results = history[stage]["test"][key]
         per_task[task] = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{task}/")}
+    diverged = {t: per_task[t]["loss"] for t in tasks if not math.isfinite(per_task[t]["loss"])}
+    if diverged:
+        raise RunError(f"the test loss is not finite ({diverged}): the run diverged and summary.json is not "
+                       f"written; lower the learning rate (--optimizer.init_args.lr)")
     groups = sorted({key for _, key in served.values()}, key=lambda k: (-len(k), k))
     cost = state["cost"]
-    return {
+    return _json_safe({
         "method": type(method).__name__,
         "tasks": letters(tasks),
         "groups": groups,
@@ -41,7 +52,7 @@ def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: Ru
         "train_flops": cost["train_flops"],
         "samples_trained": cost["samples"],
         "identity": state.get("identity") or None,
-    }
+    })
 
 
 def _stage_entry(result: StageResult) -> dict[str, Any]:
@@ -57,3 +68,14 @@ def _stage_entry(result: StageResult) -> dict[str, Any]:
             value = {k: v for k, v in value.items() if k != "per_round"}
         entry[key] = value
     return entry
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with each NaN or infinite float replaced by ``None``, so that summary.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_json_safe(v) for v in value)
+    return value
