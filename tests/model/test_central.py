@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 from jsonargparse import ArgumentParser
-from model.model_fake_data import FakeSource, as_is
 
 from mas_lightning.commands.central import ClientUnion, RandomHFlip, central
 from mas_lightning.data.base import TensorTaskDataset
+from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.errors import ConfigError
 from mas_lightning.model import EqualWeighting, MultiTaskModel
 from mas_lightning.model.losses import task_losses
@@ -21,8 +21,8 @@ from mas_lightning.tasks import parse_tasks
 
 
 def test_client_union_fetches_in_the_requested_order() -> None:
-    a = TensorTaskDataset({"x": torch.arange(3)}, as_is)
-    b = TensorTaskDataset({"x": torch.arange(10, 14)}, as_is)
+    a = TensorTaskDataset({"x": torch.arange(3)}, lambda batch: batch)
+    b = TensorTaskDataset({"x": torch.arange(10, 14)}, lambda batch: batch)
     union = ClientUnion([a, b])
     assert len(union) == 7
     assert union.__getitems__([5, 0, 3, 2, 6])["x"].tolist() == [12, 0, 10, 2, 13]
@@ -51,7 +51,7 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
 
     def run(out: Path) -> dict:
         return central(
-            FakeSource(size=32, per_client=4),
+            SyntheticData(clients=2, sizes=(4,), resolution=32),
             "sd",
             small_model,
             max_epochs=1,
@@ -76,7 +76,7 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
 
     # The reported validation and test losses are the trained model's, recomputed here on each whole set
     # (4 samples: one batch).
-    data = FakeSource(size=32, per_client=4).setup(list(summary["tasks"]))
+    data = SyntheticData(clients=2, sizes=(4,), resolution=32).setup(list(summary["tasks"]))
     restored.eval()
     for split, dataset, figures in (("val", data.val, summary["val"]), ("test", data.test, summary["test"])):
         batch = dataset.__getitems__(list(range(len(dataset))))
@@ -98,7 +98,7 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
 
 
 def test_central_refuses_data_without_the_tasks(tmp_path: Path) -> None:
-    class DepthOnly(FakeSource):
+    class DepthOnly(SyntheticData):
         def setup(self, tasks):  # noqa: ANN001, ANN202 - a data source that ignores the request
             return super().setup(["depth_zbuffer"])
 
@@ -111,7 +111,7 @@ def test_central_refuses_data_without_the_tasks(tmp_path: Path) -> None:
 def test_shipped_config_fits_the_central_signature() -> None:
     # The data source is swapped for the synthetic one; every other key must parse against central().
     config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "central.yaml").read_text())
-    config["data"] = {"class_path": "model.model_fake_data.FakeSource", "init_args": {"size": 32}}
+    config["data"] = {"class_path": "mas_lightning.data.synthetic.SyntheticData", "init_args": {"resolution": 32}}
     parser = ArgumentParser()
     parser.add_function_arguments(central, fail_untyped=True, skip={"resolved_config"})
     built = parser.instantiate(parser.parse_object(config))

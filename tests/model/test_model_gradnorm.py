@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model.model_fake_data import make_batch
 
+from mas_lightning.data.synthetic import random_batch
 from mas_lightning.model import EqualWeighting, GradNorm, MultiTaskModel
 
 
@@ -53,7 +53,7 @@ def test_gradnorm_inside_the_model_trains_and_checkpoints() -> None:
     torch.manual_seed(0)
     lr = 0.5
     model = MultiTaskModel("sdn", loss_weighting=GradNorm(alpha=1.5, lr=lr))
-    batch = make_batch("sdn", n=2, size=32)
+    batch = random_batch("sdn", size=2, side=32)
     losses = model.task_losses(model(batch["rgb"]), batch)
     values = torch.stack(list(losses.values())).detach()
 

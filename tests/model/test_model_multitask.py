@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from jsonargparse import ArgumentParser
-from model.model_fake_data import make_batch
 
+from mas_lightning.data.synthetic import random_batch
 from mas_lightning.model import GradNorm, MultiTaskModel
 from mas_lightning.model.presets import PRESETS
 from mas_lightning.tasks import TASK_NAMES, TASKS
@@ -143,7 +143,7 @@ def test_a_few_steps_on_one_batch_drive_the_loss_down() -> None:
     # One task per loss kind: cross-entropy, masked L1, plain L1.
     torch.manual_seed(0)
     model = MultiTaskModel("snt", decoder_width=16)
-    batch = make_batch("snt", n=4, size=32, seed=1)
+    batch = random_batch("snt", size=4, side=32, seed=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # the reference's settings
     totals = []
     for _ in range(15):

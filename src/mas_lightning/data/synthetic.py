@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from mas_lightning.data.base import DataSource, FederatedData, Sample, TensorTaskDataset
-from mas_lightning.tasks import SEGMENTATION_IGNORE_INDEX, TASKS
+from mas_lightning.tasks import SEGMENTATION_IGNORE_INDEX, TASKS, parse_tasks
 
 
 def _decode(batch: Sample) -> Sample:
@@ -54,23 +54,27 @@ class SyntheticData(DataSource):
         )
 
 
-def random_batch(tasks: Sequence[str], size: int = 4, side: int = 32, seed: int = 0) -> Sample:
-    """A random batch of ``size`` samples of ``side`` pixels for ``tasks``, in the convention of ``data.base``.
+def random_batch(tasks: str | Sequence[str], size: int = 4, side: int = 32, seed: int = 0) -> Sample:
+    """A seeded batch of ``size`` samples of ``side`` pixels for ``tasks``, in the convention of ``data.base``.
 
-    Values are noise (meant for timing and for checking a model's plumbing); segmentation is labelled on about
-    90% of the pixels, so its loss is never the "nothing labelled" zero.
+    Targets are functions of the image plus a little noise (so a model can fit them: the "loss goes down"
+    checks need structure, timing does not care); segmentation leaves about 10% of the pixels unlabelled, so
+    the ignore index is exercised and the loss is never the "nothing labelled" zero. ``tasks`` are names or
+    letters.
     """
     g = torch.Generator().manual_seed(seed)
-    batch = {
-        "rgb": torch.rand(size, 3, side, side, generator=g),
-        "mask": torch.rand(size, 1, side, side, generator=g) > 0.2,
-    }
-    for task in tasks:
+    rgb = torch.rand(size, 3, side, side, generator=g)
+    grey = rgb.mean(dim=1, keepdim=True)
+    batch = {"rgb": rgb, "mask": torch.rand(size, 1, side, side, generator=g) > 0.2}
+    for task in parse_tasks(tasks):
         spec = TASKS[task]
         if spec.kind == "classification":
-            labels = torch.randint(1, spec.channels, (size, side, side), generator=g)
+            labels = 1 + (grey[:, 0] * 8).long().clamp(max=7)  # 8 of the classes, by brightness
             unlabelled = torch.rand(size, side, side, generator=g) < 0.1
             batch[task] = torch.where(unlabelled, SEGMENTATION_IGNORE_INDEX, labels)
+        elif task == "autoencoder":
+            batch[task] = rgb.clone()
         else:
-            batch[task] = torch.rand(size, spec.channels, side, side, generator=g)
+            noise = 0.1 * torch.rand(size, spec.channels, side, side, generator=g)
+            batch[task] = (grey.repeat(1, spec.channels, 1, 1) + noise).clamp(0, 1)
     return batch
