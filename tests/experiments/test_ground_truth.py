@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("scipy")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 
 from ground_truth_analysis import SeedRun, paired_t, partition_loss, partitions, spearman, t_interval  # noqa: E402
