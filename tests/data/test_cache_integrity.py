@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from corruption import flip_tensor_byte
 
 from mas_lightning.data.minitaskonomy import MiniTaskonomy, source
-from mas_lightning.data.minitaskonomy.cache import MANIFEST, crc32_file
+from mas_lightning.data.minitaskonomy.cache import MANIFEST, file_checksum
 
 TINY = dict(clients=3, images_per_client=8, size_ratio=2.0, eval_images_per_building=4, resolution=32)
 IMAGES = 34
@@ -28,20 +28,6 @@ class RenderCounter:
     def __call__(self, scenes, *args, **kwargs):
         self.images += len(scenes)
         return self.original(scenes, *args, **kwargs)
-
-
-def flip_tensor_byte(path: Path) -> None:
-    """Flip one byte in the middle of the largest tensor record (same size; the zip and pickle stay valid)."""
-    with zipfile.ZipFile(path) as archive:
-        info = max(archive.infolist(), key=lambda i: i.file_size)
-    with open(path, "r+b") as handle:
-        handle.seek(info.header_offset + 26)
-        name_length, extra_length = int.from_bytes(handle.read(2), "little"), int.from_bytes(handle.read(2), "little")
-        offset = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ 0x01]))
 
 
 def test_flipped_bytes_in_a_cache_file_make_the_folder_be_rebuilt(tmp_path: Path,
@@ -62,7 +48,7 @@ def test_flipped_bytes_in_a_cache_file_make_the_folder_be_rebuilt(tmp_path: Path
     assert counter.images == IMAGES  # rendered again, not served from the damaged folder
     assert rebuilt.keys() == fresh.keys() and all(torch.equal(rebuilt[k], fresh[k]) for k in fresh)
     manifest = json.loads((folder / MANIFEST).read_text())
-    assert manifest["crc32"]["building01.pt"] == crc32_file(victim)
+    assert manifest["crc32"]["building01.pt"] == file_checksum(victim)
 
 
 def test_a_manifest_without_the_file_checksums_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,12 +16,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from corruption import flip_tensor_byte
 
 from mas_lightning.cli import main
 from mas_lightning.errors import ConfigError, RunError
@@ -50,20 +50,6 @@ def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
     return message
 
 
-def flip_tensor_byte(path: Path) -> None:
-    """Flip one byte in the middle of the largest tensor record: the zip and the pickle stay readable."""
-    with zipfile.ZipFile(path) as archive:
-        info = max(archive.infolist(), key=lambda i: i.file_size)
-    with open(path, "r+b") as handle:
-        handle.seek(info.header_offset + 26)
-        name_length, extra_length = int.from_bytes(handle.read(2), "little"), int.from_bytes(handle.read(2), "little")
-        offset = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
-        handle.seek(offset)
-        byte = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([byte ^ 0xFF]))
-
-
 def temporaries(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.name.endswith(".tmp"))
 
@@ -78,7 +64,7 @@ def test_roundtrip_keeps_a_plain_torch_file_with_a_checksum_trailer(tmp_path: Pa
 
 def test_flipped_bytes_are_refused_although_torch_would_read_them(tmp_path: Path) -> None:
     path = save_checkpoint(run_state(), tmp_path)
-    flip_tensor_byte(path)
+    flip_tensor_byte(path, mask=0xFF)
     damaged = torch.load(path, weights_only=True)["weights"][0]["w"]  # silently wrong without a checksum
     assert not torch.equal(damaged, torch.arange(4096.0))
     with pytest.raises(RunError) as error:
@@ -153,7 +139,7 @@ def test_a_checkpoint_from_before_checksums_loads(tmp_path: Path) -> None:
 def test_resuming_from_flipped_bytes_ends_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main([*FIT, f"--out={tmp_path}", "--name=run"])
     path = tmp_path / "run" / "checkpoints" / LAST
-    flip_tensor_byte(path)
+    flip_tensor_byte(path, mask=0xFF)
     capsys.readouterr()
     for resume, code in (("auto", 1), (str(path), 2)):
         with pytest.raises(SystemExit) as exit_info:

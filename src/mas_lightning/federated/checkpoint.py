@@ -35,6 +35,7 @@ import torch
 from mas_lightning.errors import ConfigError, RunError
 from mas_lightning.federated.callbacks import Callback, load_callback_states, save_callback_states
 from mas_lightning.federated.state import RunState
+from mas_lightning.storage import crc32_file, process_alive
 from mas_lightning.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ LAST = "last.pt"
 TRAILER = struct.Struct(">8sQI")
 """magic, payload length in bytes, CRC-32 of the payload."""
 MAGIC = b"MASLCKPT"
-CHUNK = 4 << 20
 _ZIP_END = b"PK\x05\x06"  # end-of-central-directory record: the last 22 bytes of a torch zip without comment
 _prepared: set[Path] = set()
 """Checkpoint folders this process has saved to: one removed during the run is not created again."""
@@ -67,15 +67,6 @@ class _Checksummed:
 
     def flush(self) -> None:
         self.handle.flush()
-
-
-def crc32_file(path: Path, length: int) -> int:
-    """CRC-32 of the first ``length`` bytes of ``path``, read in large chunks (about 1-3 GB/s)."""
-    crc = 0
-    with open(path, "rb", buffering=0) as handle:
-        while length > 0 and (chunk := handle.read(min(CHUNK, length))):
-            crc, length = zlib.crc32(chunk, crc), length - len(chunk)
-    return crc
 
 
 def os_reason(error: OSError) -> str:
@@ -152,21 +143,11 @@ def unlink_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**31  # someone else's process, or a number no process can have
-    return True
-
-
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete ``.last.pt.<pid>.tmp`` files whose writer is no longer running (killed mid-write)."""
     for tmp in folder.glob(f".{LAST}.*.tmp"):
         pid = tmp.name[len(LAST) + 2 : -len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

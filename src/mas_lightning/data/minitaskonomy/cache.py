@@ -19,17 +19,17 @@ import os
 import shutil
 import socket
 import uuid
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from mas_lightning.storage import crc32_file, process_alive
+
 FORMAT_VERSION = 2
 """Bump whenever the rendering or the stored format changes: old caches then stop matching."""
 MANIFEST = "manifest.json"
-CHUNK = 4 << 20
 Parts = dict[str, dict[str, Tensor]]
 
 
@@ -45,13 +45,9 @@ def cache_key(params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def crc32_file(path: Path) -> str:
-    """CRC-32 of a file as 8 hex digits: fast (GB/s), and catches accidental damage, not tampering."""
-    crc = 0
-    with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return f"{crc:08x}"
+def file_checksum(path: Path) -> str:
+    """The manifest's checksum of a file: its CRC-32 as 8 hex digits."""
+    return f"{crc32_file(path):08x}"
 
 
 def read(folder: Path) -> Parts | None:
@@ -64,7 +60,7 @@ def read(folder: Path) -> Parts | None:
         if any((folder / name).stat().st_size != size for name, size in files.items()):
             return None
         sums = manifest["crc32"]
-        if any(crc32_file(folder / name) != sums[name] for name in files):
+        if any(file_checksum(folder / name) != sums[name] for name in files):
             return None
         return {Path(name).stem: torch.load(folder / name, weights_only=True, mmap=True) for name in files}
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError):
@@ -82,7 +78,7 @@ def write(folder: Path, parts: Parts, params: dict) -> None:
         for name, arrays in parts.items():
             path = temporary / f"{name}.pt"
             torch.save({k: v.contiguous() for k, v in arrays.items()}, path)
-            files[path.name], sums[path.name] = path.stat().st_size, crc32_file(path)
+            files[path.name], sums[path.name] = path.stat().st_size, file_checksum(path)
         manifest = {"format": FORMAT_VERSION, "params": params, "files": files, "crc32": sums}
         (temporary / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
         try:
@@ -99,22 +95,12 @@ def _temporary_prefix(folder: Path) -> str:
     return f".{folder.name}.tmp-{socket.gethostname()}-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid < 2**31  # someone else's process, or a number no process can have
-    return True
-
-
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete the temporary folders that writers on this host left when they died mid-write."""
     prefix = _temporary_prefix(folder)
     for temporary in folder.parent.glob(f"{prefix}*"):
         pid = temporary.name[len(prefix) :].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(temporary, ignore_errors=True)
 
 
