@@ -169,3 +169,16 @@ def test_ctrl_c_subprocess_prints_resume_command_that_resumes(tmp_path: Path) ->
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
     assert '"rounds": 4' in (tmp_path / "c" / "summary.json").read_text()
+
+
+def test_a_full_disk_while_preparing_the_data_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def full(self: SyntheticData, tasks: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "building01.pt"))
+
+    monkeypatch.setattr(SyntheticData, "setup", full)
+    code, _, err = run_cli(["fit", *SYNTHETIC, *TINY, f"--out={tmp_path}"], capsys)
+    line = assert_one_line(err)
+    assert code == 1 and "No space left on device" in line and "building01.pt" in line

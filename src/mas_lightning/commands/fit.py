@@ -32,7 +32,7 @@ from mas_lightning.commands.run_folder import claim_run_folder
 from mas_lightning.commands.run_identity import identity_from_arguments, identity_from_yaml
 from mas_lightning.data.base import DataSource
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
-from mas_lightning.errors import ConfigError
+from mas_lightning.errors import ConfigError, RunError
 from mas_lightning.federated.aggregation import Aggregator, FedAvg
 from mas_lightning.federated.callbacks import Callback, FitContext
 from mas_lightning.federated.checkpoint import find_resume, load_state
@@ -138,6 +138,9 @@ def fit(
             federated_data = data.setup(task_names)
         except (FileNotFoundError, ValueError) as error:
             raise ConfigError(f"data: {error}") from None
+        except OSError as error:  # e.g. a full disk while the data cache is written: one line, not a traceback
+            raise RunError(f"data: could not prepare the data set: {error.strerror or error} "
+                           f"({error.filename or 'the data cache'}); free space or set $MAS_LIGHTNING_CACHE") from None
         preflight.check_data(engine.clients_per_round, len(federated_data.clients), type(data).__name__)
         return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
                     engine, seed, run_dir, resume, callbacks, identity=dict(identity))
