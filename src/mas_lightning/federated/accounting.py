@@ -1,5 +1,10 @@
 """What a run costs: wall time, summed client compute time, training FLOPs and energy.
 
+FLOPs are counted by torch's ``FlopCounterMode`` (matrix products and convolutions; elementwise work is
+not counted), once per shape, and multiplied by how often that work runs: training per sample
+(:func:`train_flops_per_sample`), anything else a callback adds per call (:func:`count_flops`, e.g. one
+affinity measurement).
+
 Energy is read from a kept library, `zeus <https://ml.energy/zeus>`_ (NVML on NVIDIA GPUs, RAPL on CPUs),
 installed with the ``energy`` extra. Where zeus is missing or the machine exposes no counter, energy is
 ``None``: the framework never reports an invented number.
@@ -8,6 +13,7 @@ installed with the ``energy`` extra. Where zeus is missing or the machine expose
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,20 +23,30 @@ from torch.utils.flop_counter import FlopCounterMode
 log = logging.getLogger(__name__)
 
 
+def count_flops(work: Callable[[], Any]) -> float:
+    """FLOPs of one call of ``work``, counted by torch's flop counter (the call's result is discarded)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        work()
+    return float(counter.get_total_flops())
+
+
 def train_flops_per_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
     """FLOPs of one forward and backward pass per sample, counted by torch's flop counter."""
     was_training = model.training
     model.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm stats must not move
-    counter = FlopCounterMode(display=False)
-    with counter:
+
+    def step() -> None:
         preds = model(batch["rgb"])
         losses = model.task_losses(preds, batch)
         sum(losses.values()).backward()
+
+    flops = count_flops(step)
     model.zero_grad(set_to_none=True)
     model.load_state_dict(state)
     model.train(was_training)
-    return counter.get_total_flops() / len(batch["rgb"])
+    return flops / len(batch["rgb"])
 
 
 class EnergyMeter:

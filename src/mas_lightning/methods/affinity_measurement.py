@@ -14,6 +14,12 @@ weighted by client size), and the round means are kept as history; the affinity 
 mean over ``window`` rounds of the stage: the last ones (default) or the first ones (what the authors'
 split script averages: rounds 0-9 of their 70-round merge). Only those rounds are measured. Every entry
 counts, negative ones too. The history is checkpointed, so a resumed run decides the same split.
+
+What measuring costs is counted too: its seconds fall inside the client's compute time (the hook runs in
+the client's timed local training), and its FLOPs are counted here, because the engine's training FLOPs
+know nothing of it: one measurement per setting (group, estimator, measured batch shape) is run once more
+under torch's ``FlopCounterMode`` (:func:`~mas_lightning.federated.accounting.count_flops`) and multiplied
+by the number of measured batches. Counts and totals are checkpointed: a resumed run reports the same.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from mas_lightning.federated.accounting import count_flops
 from mas_lightning.federated.callbacks import BatchContext, Callback, ClientContext, RoundContext, StageContext
 from mas_lightning.federated.state import StageResult
 from mas_lightning.grouping.lookahead import lookahead_affinity
+from mas_lightning.tasks import letters
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +82,8 @@ class AffinityMeasurement(Callback):
     """Measure and average the T x T lookahead affinity during the stage named ``stage``.
 
     The stage's result gains an entry ``key`` (``affinity``): the averaged matrix, its task order, the
-    rounds it averages, each of those rounds' matrix, the estimator and the number of measured batches.
+    rounds it averages, each of those rounds' matrix, the estimator, the number of measured batches and
+    their FLOPs (``None`` for a run resumed from a checkpoint that predates counting them).
 
     Args:
         stage: name of the stage in which to measure (the merged all-task stage of MAS or TAG).
@@ -91,6 +100,9 @@ class AffinityMeasurement(Callback):
         self.history: list[tuple[int, Tensor]] = []  # (round within the stage, T x T round mean)
         self.measurements = 0  # batches measured in this stage (all ranks), counted at each round's end
         self.seconds = 0.0  # wall time spent measuring in this stage (what the affinity costs)
+        self.flops: float | None = 0.0  # FLOPs of this stage's measurements (all ranks), counted at each round's end
+        self.flops_per_measurement: dict[str, float] = {}  # by setting: "<group>|<estimator>|<measured shape>"
+        self._round_flops = 0.0  # FLOPs measured in this round on this rank
         self._active = False
         self._steps = 0  # local steps of the round so far, over its clients
         self._round_measured = 0  # batches measured in this round on this rank
@@ -103,10 +115,12 @@ class AffinityMeasurement(Callback):
     def on_stage_start(self, ctx: StageContext) -> None:
         if ctx.stage.name == self.stage:
             self.tasks, self.history, self.measurements, self.seconds = tuple(ctx.stage.groups[0]), [], 0, 0.0
+            self.flops = 0.0
 
     def on_round_start(self, ctx: RoundContext) -> None:
         self._active = ctx.stage.name == self.stage and ctx.round in self.rounds
         self._round_sum, self._round_weight, self._steps, self._round_measured = None, 0.0, 0, 0
+        self._round_flops = 0.0
 
     def on_client_start(self, ctx: ClientContext) -> None:
         self._client_sum, self._client_count = None, 0
@@ -117,23 +131,37 @@ class AffinityMeasurement(Callback):
         self._steps += 1
         if (self._steps - 1) % self.options.every:
             return
-        settings = ctx.optimizer.param_groups[0]
-        started = time.perf_counter()
+        setting = self.setting(ctx)
         try:
-            with ctx.engine.fabric.autocast():
-                z = lookahead_affinity(ctx.model, ctx.batch, lr=float(settings["lr"]),
-                                       weight_decay=float(settings.get("weight_decay", 0.0)),
-                                       method=self.options.estimator, max_samples=self.options.samples)
-            z = z.detach().double().cpu()  # waits for an accelerator, so the time counted is the real cost
+            if setting not in self.flops_per_measurement:  # once per setting, outside the timed measurement
+                self.flops_per_measurement[setting] = count_flops(lambda: self._measure(ctx))
+            started = time.perf_counter()
+            try:
+                z = self._measure(ctx).detach().double().cpu()  # waits for an accelerator: the real cost is timed
+            finally:
+                self.seconds += time.perf_counter() - started
         except ValueError as error:
             # A task with zero loss on this batch (e.g. no labelled pixel) has no defined ratio: skip the batch.
             log.debug("affinity not measured at step %d of client %d: %s", ctx.step, ctx.client, error)
             return
-        finally:
-            self.seconds += time.perf_counter() - started
         self._round_measured += 1
+        self._round_flops += self.flops_per_measurement[setting]
         self._client_sum = z if self._client_sum is None else self._client_sum + z
         self._client_count += 1
+
+    def _measure(self, ctx: BatchContext) -> Tensor:
+        """The lookahead affinity of this batch at the model's current weights (training is left untouched)."""
+        settings = ctx.optimizer.param_groups[0]
+        with ctx.engine.fabric.autocast():
+            return lookahead_affinity(ctx.model, ctx.batch, lr=float(settings["lr"]),
+                                      weight_decay=float(settings.get("weight_decay", 0.0)),
+                                      method=self.options.estimator, max_samples=self.options.samples)
+
+    def setting(self, ctx: BatchContext) -> str:
+        """What a measurement's FLOPs depend on: the group's model, the estimator and the measured batch shape."""
+        shape = list(ctx.batch["rgb"].shape)
+        shape[0] = min(shape[0], self.options.samples or shape[0])
+        return f"{letters(ctx.group)}|{self.options.estimator}|{'x'.join(map(str, shape))}"
 
     def on_client_end(self, ctx: ClientContext) -> None:
         if not self._active or self._client_sum is None:
@@ -147,17 +175,20 @@ class AffinityMeasurement(Callback):
         if not self._active:
             return
         size = len(self.tasks)
-        packed = torch.zeros(size * size + 2, dtype=torch.float64)  # sums, weight, batches measured
+        packed = torch.zeros(size * size + 3, dtype=torch.float64)  # sums, weight, batches measured, FLOPs
         if self._round_sum is not None:
-            packed[:-2] = self._round_sum.reshape(-1)
-            packed[-2] = self._round_weight
-        packed[-1] = self._round_measured
+            packed[:-3] = self._round_sum.reshape(-1)
+            packed[-3] = self._round_weight
+        packed[-2] = self._round_measured
+        packed[-1] = self._round_flops
         fabric = ctx.engine.fabric
         if fabric.world_size > 1:
             packed = fabric.all_reduce(packed.to(fabric.device), reduce_op="sum").cpu()
-        self.measurements += int(packed[-1])  # over all ranks, so every rank reports the same count
-        if packed[-2] > 0:
-            self.history.append((ctx.round, (packed[:-2] / packed[-2]).view(size, size)))
+        self.measurements += int(packed[-2])  # over all ranks, so every rank reports the same count
+        if self.flops is not None:
+            self.flops += float(packed[-1])
+        if packed[-3] > 0:
+            self.history.append((ctx.round, (packed[:-3] / packed[-3]).view(size, size)))
 
     def on_stage_end(self, ctx: StageContext, result: StageResult) -> None:
         if ctx.stage.name == self.stage and self.history:  # nothing measured: the method that needs it says so
@@ -177,14 +208,18 @@ class AffinityMeasurement(Callback):
                 "rounds_averaged": [r for r, _ in self.history],
                 "per_round": [z.tolist() for _, z in self.history],
                 "estimator": self.options.estimator, "every": self.options.every, "samples": self.options.samples,
-                "measurements": self.measurements}  # no timing here: results must be bit-identical on resume
+                "measurements": self.measurements, "flops": self.flops}
+        # no timing here: results must be bit-identical on resume (FLOPs are: they depend on shapes only)
 
     def state_dict(self) -> dict[str, Any]:
         return {"tasks": list(self.tasks), "rounds": [r for r, _ in self.history],
                 "history": [z.clone() for _, z in self.history], "measurements": self.measurements,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "flops": self.flops, "flops_per_measurement": dict(self.flops_per_measurement)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tasks = tuple(state["tasks"])
         self.history = list(zip(state["rounds"], state["history"]))
         self.measurements, self.seconds = int(state["measurements"]), float(state["seconds"])
+        # A checkpoint from before FLOPs were counted: what was measured before it is unknown, not zero.
+        self.flops = state.get("flops", None if self.measurements else 0.0)
+        self.flops_per_measurement = dict(state.get("flops_per_measurement", {}))
