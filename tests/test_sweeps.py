@@ -1,4 +1,5 @@
-"""The shipped W&B sweeps: the command the agent builds parses, with the CLI's own parser, into the intended config.
+"""The shipped W&B sweeps: the command the agent builds parses, with the CLI's own parser, into the intended config;
+they select on a validation number that fit logs, never on a test number.
 
 No W&B server: the agent's expansion of ``${args}`` is wandb's own function (``--<parameter>=<value>``), and
 the macros are replaced as ``wandb agent`` does for a program sweep.
@@ -7,6 +8,7 @@ the macros are replaced as ``wandb agent`` does for a program sweep.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from mas_lightning.cli import build_parser
+from mas_lightning.cli import build_parser, main
+from mas_lightning.report.summary import FINAL_VAL_METRIC
 from mas_lightning.tasks import parse_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +51,7 @@ def test_sweeps_are_shipped() -> None:
 def test_agent_command_parses_into_the_swept_config(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the agent runs from the repository root; config paths are relative to it
     sweep = yaml.safe_load(path.read_text())
-    assert sweep["metric"] == {"name": "test/total_loss", "goal": "minimize"}
+    assert sweep["metric"] == {"name": FINAL_VAL_METRIC, "goal": "minimize"}
     assert sweep["method"] in ("grid", "random", "bayes")
     params = {k: choices(v) for k, v in sweep["parameters"].items()}
     # Every value of every parameter once, plus the first and last combination of all of them.
@@ -85,3 +88,33 @@ def test_grid_sweeps_only_hold_valid_runs(monkeypatch: pytest.MonkeyPatch) -> No
             split = point.get("method.init_args.split_round")
             if split is not None:
                 assert 1 <= split < config["rounds"], (path.name, point)
+
+
+def test_no_sweep_selects_on_a_test_metric() -> None:
+    """Nothing is tuned on test: every objective is a validation number (test numbers are for the final report)."""
+    for path in SWEEPS:
+        name = yaml.safe_load(path.read_text())["metric"]["name"]
+        assert "test" not in name.lower() and "val" in name.split("/"), (path.name, name)
+
+
+def test_fit_logs_the_sweep_objective_as_the_serving_models_validation_total(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-by-one on two tasks: the objective is the sum of each single-task model's final validation loss,
+    not the last round's ``val/total_loss`` (which covers the last task only)."""
+    from lightning.fabric import Fabric
+
+    logged: list[dict[str, float]] = []
+    original = Fabric.log_dict
+    monkeypatch.setattr(Fabric, "log_dict", lambda self, metrics, step=None: (logged.append(dict(metrics)),
+                                                                             original(self, metrics, step))[1])
+    summary = main(["fit", "--data", '{"class_path": "mas_lightning.data.synthetic.SyntheticData", '
+                    '"init_args": {"clients": 2, "sizes": [4], "resolution": 32}}', "--tasks=dn", "--rounds=1",
+                    "--method=mas_lightning.methods.OneByOne", "--engine.clients_per_round=2",
+                    "--engine.batch_size=4", "--engine.local_steps=1", "--model.decoder_width=8",
+                    "--accelerator=cpu", f"--out={tmp_path}", "--name=obo"])
+    rounds = [m for m in logged if "val/total_loss" in m]  # one per stage: d alone, then n alone
+    assert len(rounds) == 2
+    expected = rounds[0]["val/depth_zbuffer/loss"] + rounds[1]["val/normal/loss"]
+    objective = [m[FINAL_VAL_METRIC] for m in logged if FINAL_VAL_METRIC in m]
+    assert objective == [pytest.approx(expected, rel=1e-12)] and summary["total_val_loss"] == objective[0]
+    assert not math.isclose(objective[0], rounds[-1]["val/total_loss"])

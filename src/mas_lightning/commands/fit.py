@@ -45,7 +45,7 @@ from mas_lightning.report.affinity_files import AffinityFiles
 from mas_lightning.report.loggers import make_loggers
 from mas_lightning.report.metrics_file import MetricsFile, write_run_file
 from mas_lightning.report.progress import RoundProgress
-from mas_lightning.report.summary import build_summary
+from mas_lightning.report.summary import FINAL_VAL_METRIC, build_summary
 from mas_lightning.tasks import parse_tasks
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,11 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
         run_method(engine, method, tasks, rounds, state, progress)
     summary = build_summary(method, tasks, rounds, state, seed)
     summary["session_wall_s"] = round(time.perf_counter() - started, 3)
-    # Stable names for sweeps: a W&B sweep optimises "test/total_loss".
-    final = {"test/total_loss": summary["total_test_loss"], "cost/client_compute_s": summary["client_compute_s"],
+    # Stable names: sweeps select on FINAL_VAL_METRIC (the serving models' validation total); the test
+    # numbers are logged for the final report only, never to select on.
+    final = {FINAL_VAL_METRIC: summary["total_val_loss"],
+             **{f"final/val/{task}/loss": loss for task, loss in summary["val_loss"].items()},
+             "test/total_loss": summary["total_test_loss"], "cost/client_compute_s": summary["client_compute_s"],
              **{f"test/{task}/loss": loss for task, loss in summary["test_loss"].items()}}
     fabric.log_dict(final, step=len(state["metrics"]) + 1)
     for logger in fabric.loggers:
