@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import pytest
 from PIL import Image
 
 from mas_lightning.cli import COMMANDS, main
-from mas_lightning.commands.compare import mean_std
 from mas_lightning.errors import ConfigError
+from mas_lightning.report.comparison_stats import mean_std
 from mas_lightning.report.pareto import pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,19 +75,43 @@ def test_compare_table_skip_resume_and_figure(tmp_path: Path) -> None:
         assert float(row["train_flops_mean"]) == pytest.approx(statistics.fmean(m["train_flops"] for m in mine))
         assert row["energy_j_mean"] == ""  # no counter on a CPU test machine: unknown, not zero
         assert int(row["seeds"]) == 2
+    # Per-task metrics, the main ones named in summary.json; Delta_m and the paired differences against
+    # one-by-one, seed by seed, worked out here from the summaries (t quantile for 1 dof from a printed table).
+    fedprox = [summaries[f"fedprox-seed{s}"] for s in (0, 1)]
+    single = [summaries[f"one-by-one-seed{s}"] for s in (0, 1)]
+    depth, normal = "depth_zbuffer", "normal"
+    assert fedprox[0]["main_metric"][depth] == {"name": "abs_rel", "higher_is_better": False,
+                                                "value": fedprox[0]["test"][depth]["abs_rel"]}
+    assert float(table["fedprox"][f"test/{normal}/angle_mean_mean"]) == pytest.approx(
+        statistics.fmean(m["test"][normal]["angle_mean"] for m in fedprox), rel=1e-12)
+    per_seed = [100 / 2 * (-(f["test"][depth]["abs_rel"] - r["test"][depth]["abs_rel"]) / r["test"][depth]["abs_rel"]
+                           - (f["test"][normal]["angle_mean"] - r["test"][normal]["angle_mean"])
+                           / r["test"][normal]["angle_mean"]) for f, r in zip(fedprox, single)]
+    half = 12.7062 * statistics.stdev(per_seed) / math.sqrt(2)
+    row = table["fedprox"]
+    assert float(row["delta_m_mean"]) == pytest.approx(statistics.fmean(per_seed), rel=1e-9)
+    assert float(row["delta_m_ci_low"]) == pytest.approx(statistics.fmean(per_seed) - half, rel=1e-4)
+    assert float(table["one-by-one"]["delta_m_mean"]) == 0.0
+    loss_diffs = [f["total_test_loss"] - r["total_test_loss"] for f, r in zip(fedprox, single)]
+    assert float(row["diff/total_test_loss_mean"]) == pytest.approx(statistics.fmean(loss_diffs), rel=1e-9)
+    assert float(row["diff/total_test_loss_ci_high"]) == pytest.approx(
+        statistics.fmean(loss_diffs) + 12.7062 * statistics.stdev(loss_diffs) / math.sqrt(2), rel=1e-4)
+    # Nothing here measures affinity: its FLOPs are zero (known), and the total is the training FLOPs.
+    assert all(m["affinity_flops"] == 0.0 and m["total_flops"] == m["train_flops"] for m in summaries.values())
     # One-by-one trains one single-task model per task: two groups, each task served alone.
     assert table["one-by-one"]["groups"] == "d / n"
     assert len(read_csv(tmp_path / "cmp" / "runs.csv")) == 4
     markdown = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| fedprox |" in markdown and "compute / one-by-one" in markdown
+    assert "| fedprox |" in markdown and "compute / one-by-one" in markdown and "Δm (%)" in markdown
     figure = tmp_path / "cmp" / "pareto.png"
     # One panel per cost known for every variant (compute and FLOPs; energy is unknown on a CPU machine),
     # 5.2 x 4.6 inches each at 120 dpi.
-    known = [key for key in ("client_compute_s", "train_flops", "energy_j")
+    known = [key for key in ("client_compute_s", "total_flops", "energy_j")
              if all(row[f"{key}_mean"] != "" for row in table.values())]
-    assert known == ["client_compute_s", "train_flops"]
+    assert known == ["client_compute_s", "total_flops"]
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.size == (round(5.2 * 120 * len(known)), round(4.6 * 120))
+    assert figure.with_suffix(".pdf").is_file() and figure.with_suffix(".svg").is_file()
 
     # A second call trains nothing and leaves every summary as it was.
     stamps = {n: (runs / n / "summary.json").stat().st_mtime_ns for n in names}

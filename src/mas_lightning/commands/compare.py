@@ -12,19 +12,18 @@ the fingerprint of the run it stands for now is reused, an unfinished one whose 
 and one written by another configuration (or before identities) is run again with ``--overwrite=true``; each
 run's line says which ("reused", "resumed", "rerun: config changed (keys ...)"). So an interrupted
 comparison continues where it stopped, and an edited one reruns what changed. The results are rebuilt from
-the summaries every time:
-``comparison.md`` and ``comparison.csv`` (mean and sample standard deviation over seeds), ``runs.csv``
-(one row per run) and ``pareto.png`` (total test loss against training cost, as the paper's figures 6/7).
+the summaries every time (:mod:`~mas_lightning.report.comparison_table`): ``comparison.md`` and
+``comparison.csv`` (mean and sample standard deviation over seeds, per-task metrics, Delta_m and the paired
+per-seed differences against ``reference`` with t intervals), ``runs.csv`` (one row per run, enough to
+rebuild the tables without the run folders) and ``pareto.png``/``.pdf``/``.svg`` (total test loss against
+training cost, as the paper's figures 6/7).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shlex
-import statistics
 import sys
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,14 @@ from mas_lightning.commands.run_folder import CHECKPOINTS, read_identity
 from mas_lightning.commands.run_identity import Identity, changed_keys, differences, identity_from_yaml
 from mas_lightning.errors import ConfigError
 from mas_lightning.federated.checkpoint import LAST
-from mas_lightning.tasks import TASKS, parse_tasks
+from mas_lightning.report.comparison_stats import mean_std
+from mas_lightning.report.comparison_table import run_record, write_comparison
+from mas_lightning.tasks import parse_tasks
 
 FIT_COMMAND = {"fit": "mas_lightning.commands.fit:fit"}
 RESERVED = ("seed", "out", "name", "resume", "overwrite")
 """Fit options that compare sets for every run itself."""
-COSTS = ("client_compute_s", "wall_s", "energy_j", "train_flops")
+__all__ = ["compare", "fit_identity", "mean_std", "what_to_do"]
 FitOptions = dict[str, dict | list | str | int | float | bool | None]
 """Fit options as plain YAML values: kept as written (``Any`` would make the parser build the objects)."""
 
@@ -65,7 +66,8 @@ def compare(
             (``model.init_args.loss_weighting``), values are what the fit command line would take.
         seeds: training seeds; every variant runs once per seed.
         out: comparison folder: runs in ``runs/``, tables and figure at the top.
-        reference: variant whose mean client compute time the table divides by (skipped when absent).
+        reference: the single-task baseline: Delta_m and the paired per-seed differences are taken against it,
+            and the table divides client compute time by its mean (all skipped when it is absent).
         only: run and tabulate just these variants (e.g. to time one, or to add one to a finished comparison).
         overrides: fit command-line options added last to every run, e.g. ``--data.init_args.root=/data``
             (nested keys of ``shared`` cannot be overridden on the compare command line; these can).
@@ -114,16 +116,11 @@ def compare(
         summaries[variant].append(summary)
 
     tasks = parse_tasks(summaries[next(iter(variants))][0]["tasks"])
-    rows = table_rows(summaries, tasks)
-    write_tables(rows, summaries, tasks, out, seeds, reference)
-    figure = out / "pareto.png"
-    from mas_lightning.report.pareto import pareto_figure  # matplotlib only when a figure is drawn
-
-    seed_words = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
-    pareto_figure(rows, figure, title=f"tasks {''.join(TASKS[t].letter for t in tasks)}, {seed_words}")
-    print(f"comparison of {len(variants)} variants x {len(seeds)} seeds in {out / 'comparison.md'}; figure {figure}")
-    return {"rows": rows, "ran": ran, "skipped": skipped, "actions": actions, "markdown": out / "comparison.md",
-            "csv": out / "comparison.csv", "figure": figure}
+    records = [run_record(variant, summary, tasks) for variant, runs in summaries.items() for summary in runs]
+    written = write_comparison(records, out, reference)
+    print(f"comparison of {len(variants)} variants x {len(seeds)} seeds in {written['markdown']}; "
+          f"figure {written['figure']}")
+    return {**written, "ran": ran, "skipped": skipped, "actions": actions}
 
 
 def _check_options(shared: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
@@ -197,87 +194,3 @@ def _validate(parser: Any, variant: str, argv: list[str]) -> None:
         fit.method.check(parse_tasks(fit.tasks), fit.rounds)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"variant {variant!r}: {error}") from None
-
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1); ``None`` when a value is unknown or the std undefined."""
-    if not values or any(v is None for v in values):
-        return None, None
-    numbers = [float(v) for v in values if v is not None]
-    return statistics.fmean(numbers), (statistics.stdev(numbers) if len(numbers) > 1 else None)
-
-
-def table_rows(summaries: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per variant: mean and std over seeds of the total and per-task test losses and of each cost."""
-    rows = []
-    for variant, runs in summaries.items():
-        groupings = Counter(" / ".join(run["groups"]) for run in runs)
-        row: dict[str, Any] = {
-            "variant": variant,
-            "method": runs[0]["method"],
-            "seeds": len(runs),
-            "groups": "; ".join(f"{g} (x{n})" if len(groupings) > 1 else g for g, n in groupings.items()),
-        }
-        columns = {"total_test_loss": [r["total_test_loss"] for r in runs]}
-        columns |= {f"test_loss/{t}": [r["test_loss"][t] for r in runs] for t in tasks}
-        columns |= {cost: [r.get(cost) for r in runs] for cost in COSTS}
-        for key, values in columns.items():
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
-        rows.append(row)
-    return rows
-
-
-def write_tables(rows: Sequence[Mapping[str, Any]], summaries: Mapping[str, Sequence[Mapping[str, Any]]],
-                 tasks: Sequence[str], out: Path, seeds: Sequence[int], reference: str | None) -> None:
-    """``comparison.csv`` (full precision, empty cell for unknown), ``runs.csv`` and ``comparison.md``."""
-    with (out / "comparison.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
-    run_fields = ["variant", "seed", "method", "groups", "total_test_loss", *(f"test_loss/{t}" for t in tasks), *COSTS]
-    with (out / "runs.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=run_fields)
-        writer.writeheader()
-        for variant, runs in summaries.items():
-            for run in runs:
-                record = {"variant": variant, "seed": run["seed"], "method": run["method"],
-                          "groups": " / ".join(run["groups"]), "total_test_loss": run["total_test_loss"],
-                          **{f"test_loss/{t}": run["test_loss"][t] for t in tasks}, **{c: run.get(c) for c in COSTS}}
-                writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
-    (out / "comparison.md").write_text(markdown_table(rows, tasks, seeds, reference))
-
-
-def _pm(mean: float | None, std: float | None, fmt: str) -> str:
-    if mean is None:
-        return "n/a"
-    return format(mean, fmt) + ("" if std is None else " ± " + format(std, fmt))
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
-                   reference: str | None) -> str:
-    """The table as Markdown: mean ± std over seeds, per-task losses as means, costs rounded."""
-    ref = next((r for r in rows if r["variant"] == reference), None)
-    ref_compute = ref["client_compute_s_mean"] if ref else None
-    letters = [TASKS[t].letter for t in tasks]
-    header = ["variant", "groups", "total test loss", *letters, "client compute (s)", "wall (s)", "energy (J)",
-              "train FLOPs"]
-    if ref_compute:
-        header.insert(header.index("wall (s)"), f"compute / {reference}")
-    lines = [
-        f"Tasks {''.join(letters)}; seeds {', '.join(map(str, seeds))}; mean ± sample standard deviation over seeds "
-        "(per-task columns: mean test loss). Energy is n/a where no counter was available.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    for row in rows:
-        cells = [row["variant"], row["groups"], _pm(row["total_test_loss_mean"], row["total_test_loss_std"], ".4f")]
-        cells += [_pm(row[f"test_loss/{t}_mean"], None, ".4f") for t in tasks]
-        cells.append(_pm(row["client_compute_s_mean"], row["client_compute_s_std"], ".1f"))
-        if ref_compute:
-            cells.append(f"{row['client_compute_s_mean'] / ref_compute:.2f}")
-        cells.append(_pm(row["wall_s_mean"], row["wall_s_std"], ".1f"))
-        cells.append(_pm(row["energy_j_mean"], row["energy_j_std"], ".0f"))
-        cells.append(_pm(row["train_flops_mean"], None, ".3g"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,7 +1,9 @@
 """Figures of a comparison: total test loss against training cost, one panel per measured cost.
 
 Like the paper's figures 6 and 7, a method is better the further down (lower loss) and left (cheaper) it
-sits; the dashed line joins the Pareto-optimal variants, those no other variant beats on both axes.
+sits; the dashed line joins the Pareto-optimal variants, those no other variant beats on both axes. The
+figure is written as PNG (to look at), PDF and SVG (to put in a paper); FLOPs read in the unit the data
+calls for (GFLOP, TFLOP, ...), not as an offset exponent.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mas_lightning.report.comparison_stats import flops_unit  # noqa: E402
+
 PANELS = (
     ("client_compute_s", "client compute time (s)"),
-    ("train_flops", "training FLOPs"),
+    ("total_flops", "FLOPs, training + affinity ({unit})"),
+    ("train_flops", "training FLOPs ({unit}; affinity not counted)"),
     ("energy_j", "energy (J)"),
 )
+"""Cost panels; ``train_flops`` stands in for ``total_flops`` only where some row lacks the total (older runs)."""
+FORMATS = ("png", "pdf", "svg")
 MARKERS = "osD^vP*Xh<>p"
 
 
@@ -54,22 +61,37 @@ def _label_points(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, 
                     va="center", arrowprops=leader)
 
 
+def _panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, float]]:
+    """(cost key, axis label, divisor) of each cost every row knows; one FLOPs panel at most."""
+    known = [(key, label) for key, label in PANELS if all(r.get(f"{key}_mean") is not None for r in rows)]
+    if any(key == "total_flops" for key, _ in known):
+        known = [(key, label) for key, label in known if key != "train_flops"]
+    panels = []
+    for key, label in known:
+        scale, unit = flops_unit([r[f"{key}_mean"] for r in rows]) if key.endswith("flops") else (1.0, "")
+        panels.append((key, label.format(unit=unit), scale))
+    return panels
+
+
 def pareto_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
-    """Draw total test loss (mean ± std over seeds) against each cost the rows carry; write a PNG.
+    """Draw total test loss (mean ± std over seeds) against each cost the rows carry; write PNG, PDF and SVG.
 
     Args:
         rows: one mapping per variant with ``variant``, ``total_test_loss_mean``/``_std`` and
             ``<cost>_mean``/``_std`` for the costs in :data:`PANELS` (a panel is left out when a cost is unknown).
-        path: where the PNG goes.
+        path: where the PNG goes; the PDF and SVG go next to it, with the same name.
         title: figure title.
+
+    Returns:
+        the PNG's path.
     """
-    panels = [(key, label) for key, label in PANELS if all(r.get(f"{key}_mean") is not None for r in rows)]
+    panels = _panels(rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), sharey=True, squeeze=False)
     colours = plt.get_cmap("tab10")
-    for ax, (key, label) in zip(axes[0], panels):
-        points = [(r[f"{key}_mean"], r["total_test_loss_mean"]) for r in rows]
+    for ax, (key, label, scale) in zip(axes[0], panels):
+        points = [(r[f"{key}_mean"] / scale, r["total_test_loss_mean"]) for r in rows]
         for i, row in enumerate(rows):
-            ax.errorbar(row[f"{key}_mean"], row["total_test_loss_mean"], xerr=row.get(f"{key}_std") or 0.0,
+            ax.errorbar(points[i][0], row["total_test_loss_mean"], xerr=(row.get(f"{key}_std") or 0.0) / scale,
                         yerr=row.get("total_test_loss_std") or 0.0, fmt=MARKERS[i % len(MARKERS)], ms=8, capsize=3,
                         color=colours(i % 10), ecolor=(*colours(i % 10)[:3], 0.5), label=row["variant"])
         front = [points[i] for i in pareto_front(points)]
@@ -80,8 +102,10 @@ def pareto_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
         ax.set_xlabel(label + " (lower is cheaper)")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.12)
-        if ax.get_xscale() == "linear" and ax.get_xlim()[0] < 0 <= min(costs):
-            ax.set_xlim(left=0)  # a cost is never negative, even where mean - std is
+        if ax.get_xscale() == "linear":
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)  # the unit is in the label
+            if ax.get_xlim()[0] < 0 <= min(costs):
+                ax.set_xlim(left=0)  # a cost is never negative, even where mean - std is
         _label_points(ax, [r["variant"] for r in rows], points, [colours(i % 10) for i in range(len(rows))])
     axes[0][0].set_ylabel("total test loss (lower is better)")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -92,6 +116,10 @@ def pareto_figure(rows: Sequence[Mapping[str, Any]], path: Path, title: str = ""
     fig.tight_layout(rect=(0, 0.06 * legend_rows + 0.02, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    # No dates and fixed SVG ids: the same rows give the same files, so committed figures only change with them.
+    metadata = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}
+    with plt.rc_context({"svg.hashsalt": "mas_lightning"}):
+        for suffix in FORMATS:
+            fig.savefig(path.with_suffix(f".{suffix}"), dpi=120, metadata=metadata[suffix])
     plt.close(fig)
     return path
