@@ -97,7 +97,7 @@ def _paired_table(rows: Sequence[Mapping[str, Any]], reference: str | None, flop
     lines = []
     for row in rows:
         if row["variant"] == reference:
-            lines.append([row["variant"], str(row["paired_seeds"]), "reference", "0", "reference", "reference"])
+            lines.append([row["variant"], str(row["paired_seeds"]), *["reference"] * 4])
             continue
         cells = [row["variant"], str(row["paired_seeds"])]
         for key, fmt, by in (("diff/total_test_loss", ".3f", 1.0), ("delta_m", ".2f", 1.0),
