@@ -65,6 +65,8 @@ def test_two_cpu_processes_match_one_and_only_rank_zero_writes(tmp_path: Path) -
     per_round = 3 * 2 * 4  # clients x local steps x batch, for each group's model
     assert two["samples_trained"] == one["samples_trained"] == per_round * (2 + 2 * len(one["groups"]))
     assert two["train_flops"] == pytest.approx(one["train_flops"], rel=1e-9)
+    # Each rank measures affinity on its own clients: the FLOPs of those measurements are summed over ranks.
+    assert one["affinity_flops"] > 0 and two["affinity_flops"] == pytest.approx(one["affinity_flops"], rel=1e-9)
     assert two["total_test_loss"] == pytest.approx(one["total_test_loss"], rel=1e-4)
     for task, metrics in one["test"].items():
         assert two["test"][task] == pytest.approx(metrics, rel=1e-4, abs=1e-6), task
