@@ -7,12 +7,9 @@ That is far tighter than comparing two means whose seed-to-seed spread dominates
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-
-log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95
 
@@ -25,13 +22,10 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     return statistics.fmean(numbers), (statistics.stdev(numbers) if len(numbers) > 1 else None)
 
 
-def t_quantile(level: float, dof: int) -> float | None:
-    """The two-sided Student t quantile (``scipy.stats.t.ppf((1 + level) / 2, dof)``); ``None`` without scipy."""
-    try:
-        from scipy import stats
-    except ImportError:  # scipy comes with the dev and experiments extras, not with the core install
-        log.warning("scipy is not installed: no confidence intervals (pip install -e '.[experiments]')")
-        return None
+def t_quantile(level: float, dof: int) -> float:
+    """The two-sided Student t quantile, ``scipy.stats.t.ppf((1 + level) / 2, dof)``."""
+    from scipy import stats  # imported here: compare's tables are the only users, and scipy is slow to import
+
     return float(stats.t.ppf((1.0 + level) / 2.0, dof))
 
 
