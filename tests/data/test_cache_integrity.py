@@ -8,26 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from corruption import flip_tensor_byte
+from data.test_minitaskonomy_source import TINY, RenderCounter
 
-from mas_lightning.data.minitaskonomy import MiniTaskonomy, source
+from mas_lightning.data.minitaskonomy import MiniTaskonomy
 from mas_lightning.data.minitaskonomy.cache import MANIFEST, file_checksum
 
-TINY = dict(clients=3, images_per_client=8, size_ratio=2.0, eval_images_per_building=4, resolution=32)
 IMAGES = 34
 """Images rendered for TINY: its three clients and four evaluation buildings."""
-
-
-class RenderCounter:
-    """Counts the images rendered, by wrapping the source module's renderer."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.images = 0
-        self.original = source.render_scenes
-        monkeypatch.setattr(source, "render_scenes", self)
-
-    def __call__(self, scenes, *args, **kwargs):
-        self.images += len(scenes)
-        return self.original(scenes, *args, **kwargs)
 
 
 def test_flipped_bytes_in_a_cache_file_make_the_folder_be_rebuilt(tmp_path: Path,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from federated.test_engine import weighted_mean
 from lightning.fabric import Fabric
 from torch import Tensor
 
@@ -65,18 +66,6 @@ def val_losses(weights: dict[str, Tensor], engine: FederatedEngine) -> dict[str,
     batch = engine.data.val.__getitems__(list(range(len(engine.data.val))))
     with torch.no_grad():
         return {task: loss.item() for task, loss in task_losses(model(batch["rgb"]), batch).items()}
-
-
-def weighted_mean(states: list[dict[str, Tensor]], weights: list[float]) -> dict[str, Tensor]:
-    """sum_k w_k * state_k / sum_k w_k, key by key, in float64; integer buffers rounded back to their type."""
-    out = {}
-    for key, reference in states[0].items():
-        total = torch.zeros(reference.shape, dtype=torch.float64)
-        for state, weight in zip(states, weights):
-            total += weight * state[key].double()
-        mean = total / sum(weights)
-        out[key] = (mean if reference.is_floating_point() else mean.round()).to(reference.dtype)
-    return out
 
 
 def norm_of_update(state: dict[str, Tensor], start: dict[str, Tensor]) -> float:

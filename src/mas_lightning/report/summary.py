@@ -62,7 +62,7 @@ def build_summary(method: Method, tasks: tuple[str, ...], rounds: int, state: Ru
         "test": per_task,
         "test_loss": {t: per_task[t]["loss"] for t in tasks},
         "total_test_loss": sum(per_task[t]["loss"] for t in tasks),
-        "main_metric": {t: {"name": name, "higher_is_better": higher, "value": per_task[t][name]}
+        "main_metric": {t: {"name": name, "higher_is_better": higher, "value": per_task[t].get(name)}
                         for t, (name, higher) in ((t, main_metric(t)) for t in tasks)},
         "val_loss": val_loss,
         "total_val_loss": sum(val_loss.values()),
