@@ -55,7 +55,7 @@ def test_setup_splits_share_no_image(tmp_path, split):
     else:  # a quarter of each building's images held out, alternating between validation and test
         assert data.client_sizes == [6, 4, 3]
         assert len(data.val) == 3 and len(data.test) == 2
-    batch = data.clients[0].__getitems__([0, 1])
+    batch = data.clients[0].batch([0, 1])
     assert set(batch) == {"rgb", "mask", "segment_semantic", "depth_zbuffer", "normal"}
     assert batch["rgb"].shape == (2, 3, 32, 32) and batch["segment_semantic"].dtype == torch.int64
 
@@ -145,3 +145,31 @@ def test_temporary_folders_of_dead_writers_are_removed(tmp_path):
         (folder / "sub").mkdir(parents=True)
     source_.setup("s")
     assert not dead.exists() and alive.exists()
+
+
+def test_a_plain_dataloader_reads_the_data_and_make_loader_batches_the_same_way() -> None:
+    """``DataLoader(dataset)`` works as for any map-style dataset, and the engine's batched loader yields the
+    very batches (same order for the same generator, same values) that it collates sample by sample."""
+    from torch.utils.data import DataLoader
+
+    from mas_lightning.data.base import make_loader
+    from mas_lightning.data.synthetic import SyntheticData
+
+    dataset = SyntheticData(clients=1, sizes=(10,)).setup(["depth_zbuffer", "segment_semantic"]).clients[0]
+    plain = list(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    batched = list(make_loader(dataset, 4, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    assert [len(b["rgb"]) for b in plain] == [len(b["rgb"]) for b in batched] == [4, 4, 2]
+    for one, other in zip(plain, batched, strict=True):
+        assert one.keys() == other.keys()
+        assert all(torch.equal(one[k], other[k]) for k in one)
+    # Sample by sample, in the sampler's order: the batch is the stacked samples.
+    order = torch.randperm(10, generator=_after_base_seed(3)).tolist()
+    expected = torch.stack([dataset[i]["rgb"] for i in order[:4]])
+    assert torch.equal(batched[0]["rgb"], expected)
+
+
+def _after_base_seed(seed: int) -> torch.Generator:
+    """A generator in the state a DataLoader leaves it after drawing its base seed (one int64)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return generator

@@ -63,7 +63,7 @@ def val_losses(weights: dict[str, Tensor], engine: FederatedEngine) -> dict[str,
     model = MultiTaskModel(list(TASKS), decoder_width=8)
     model.load_state_dict(weights)
     model.eval()
-    batch = engine.data.val.__getitems__(list(range(len(engine.data.val))))
+    batch = engine.data.val.batch(list(range(len(engine.data.val))))
     with torch.no_grad():
         return {task: loss.item() for task, loss in task_losses(model(batch["rgb"]), batch).items()}
 

@@ -111,7 +111,7 @@ def val_losses(weights: dict[str, Tensor], engine: FederatedEngine) -> dict[str,
     model = small_model(TASKS)
     model.load_state_dict(weights)
     model.eval()
-    batch = engine.data.val.__getitems__(list(range(len(engine.data.val))))
+    batch = engine.data.val.batch(list(range(len(engine.data.val))))
     with torch.no_grad():
         return {task: loss.item() for task, loss in task_losses(model(batch["rgb"]), batch).items()}
 
@@ -137,7 +137,7 @@ def test_global_state_is_the_size_weighted_mean_of_client_states_and_models_are_
     # Accounting: 6 client updates of 2 steps of 4 samples; FLOPs = samples x one forward+backward per sample.
     assert state["cost"]["samples"] == 6 * 2 * 4
     probe = small_model(TASKS)
-    batch = engine.data.clients[0].__getitems__([0, 1, 2, 3])
+    batch = engine.data.clients[0].batch([0, 1, 2, 3])
     with FlopCounterMode(display=False) as flops:
         sum(task_losses(probe(batch["rgb"]), batch).values()).backward()
     assert state["cost"]["train_flops"] == pytest.approx(48 * flops.get_total_flops() / 4, rel=1e-9)

@@ -25,10 +25,10 @@ def test_client_union_fetches_in_the_requested_order() -> None:
     b = TensorTaskDataset({"x": torch.arange(10, 14)}, lambda batch: batch)
     union = ClientUnion([a, b])
     assert len(union) == 7
-    assert union.__getitems__([5, 0, 3, 2, 6])["x"].tolist() == [12, 0, 10, 2, 13]
+    assert union.batch([5, 0, 3, 2, 6])["x"].tolist() == [12, 0, 10, 2, 13]
     assert union[4]["x"].item() == 11
     with pytest.raises(IndexError, match="index 7 out of range for 7 samples"):
-        union.__getitems__([7])
+        union.batch([7])
 
 
 def test_random_flip_changes_the_batch_in_place() -> None:
@@ -79,7 +79,7 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
     data = SyntheticData(clients=2, sizes=(4,), resolution=32).setup(list(summary["tasks"]))
     restored.eval()
     for split, dataset, figures in (("val", data.val, summary["val"]), ("test", data.test, summary["test"])):
-        batch = dataset.__getitems__(list(range(len(dataset))))
+        batch = dataset.batch(list(range(len(dataset))))
         with torch.no_grad():
             losses = task_losses(restored(batch["rgb"]), batch)
         for task, loss in losses.items():

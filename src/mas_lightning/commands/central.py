@@ -46,7 +46,7 @@ class ClientUnion(Dataset):
     def __len__(self) -> int:
         return self.offsets[-1]
 
-    def __getitems__(self, indices: Sequence[int]) -> Sample:
+    def batch(self, indices: Sequence[int]) -> Sample:
         by_client: dict[int, list[int]] = {}
         for position, index in enumerate(indices):
             if not 0 <= index < len(self):
@@ -63,12 +63,12 @@ class ClientUnion(Dataset):
         return {key: torch.cat([part[key] for part in parts])[order] for key in parts[0]}
 
     def __getitem__(self, index: int) -> Sample:
-        return {key: value[0] for key, value in self.__getitems__([index]).items()}
+        return {key: value[0] for key, value in self.batch([index]).items()}
 
 
 def _fetch(dataset: Dataset, indices: list[int]) -> Sample:
-    if hasattr(dataset, "__getitems__"):
-        return dataset.__getitems__(indices)
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)
     return default_collate([dataset[i] for i in indices])
 
 

@@ -33,10 +33,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 Sample = dict[str, Tensor]
 
@@ -84,8 +85,9 @@ class DataSource(ABC):
 class TensorTaskDataset(Dataset):
     """An in-memory dataset of stacked, compactly stored arrays, decoded to the convention on access.
 
-    Fetching a list of indices at once (``__getitems__``) returns an already batched dict, so the
-    engine never collates sample by sample: one gather per key per batch.
+    ``dataset[i]`` is one sample (so a plain ``torch.utils.data.DataLoader`` works); :meth:`batch` fetches a
+    list of indices at once as an already batched dict, which :func:`make_loader` uses so that the engine never
+    collates sample by sample: one gather per key per batch.
 
     Args:
         arrays: key -> tensor with the samples along dim 0 (e.g. uint8 rgb, float16 depth).
@@ -104,16 +106,30 @@ class TensorTaskDataset(Dataset):
     def __len__(self) -> int:
         return self._len
 
-    def __getitems__(self, indices: Sequence[int]) -> Sample:
+    def batch(self, indices: Sequence[int]) -> Sample:
+        """The samples at ``indices`` as one batched dict."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.decode({k: v.index_select(0, index) for k, v in self.arrays.items()})
 
     def __getitem__(self, index: int) -> Sample:
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+        return {k: v[0] for k, v in self.batch([index]).items()}
 
 
 def _keep_batched(batch: Sample) -> Sample:
     return batch
+
+
+class _Batches(Dataset):
+    """``dataset.batch`` behind ``__getitem__``: fed a list of indices by a ``BatchSampler``, it returns a batch."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: list[int]) -> Sample:
+        return self.dataset.batch(indices)
 
 
 def make_loader(
@@ -127,20 +143,18 @@ def make_loader(
 ) -> DataLoader:
     """A loader that yields batched sample dicts for any dataset of this package.
 
-    Datasets with ``__getitems__`` (in-memory) return whole batches; others return samples that the
-    default collate stacks.
+    Datasets with a ``batch(indices)`` method (in-memory) are read a whole batch at a time; others return
+    samples that the default collate stacks. The index order is the plain loader's for the same generator
+    (``RandomSampler`` then ``BatchSampler``, and the loader draws its base seed from the generator first),
+    so either way a seeded run sees the same batches.
     """
-    batched = hasattr(dataset, "__getitems__")
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        collate_fn=_keep_batched if batched else None,
-        persistent_workers=num_workers > 0,
-    )
+    if not hasattr(dataset, "batch"):
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                          num_workers=num_workers, persistent_workers=num_workers > 0)
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(_Batches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
+                      generator=generator, num_workers=num_workers, collate_fn=_keep_batched,
+                      persistent_workers=num_workers > 0)
 
 
 def hflip(batch: Sample, which: Tensor | None = None) -> Sample:
