@@ -31,6 +31,7 @@ from mas_lightning.federated.callbacks import Callback, RoundContext, StageConte
 from mas_lightning.federated.config import Stage
 from mas_lightning.federated.state import StageResult
 from mas_lightning.methods.affinity_measurement import AffinityMeasurement, AffinityOptions
+from mas_lightning.methods.mas import check_split_round, merge_and_continue
 from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
 
@@ -99,15 +100,10 @@ class AllSubsets(Method):
         if not 2 <= len(tasks) <= self.max_tasks:
             raise ConfigError(f"AllSubsets trains 2^T - 1 models: it needs 2 to {self.max_tasks} tasks "
                               f"(method.max_tasks), got {letters(tasks)!r}")
-        if not self.split_round < rounds:
-            raise ConfigError(f"method.split_round={self.split_round} must be smaller than rounds={rounds}")
+        check_split_round(self.split_round, rounds)
 
     def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
-        if not history:
-            return Stage(MERGE, [tasks], self.split_round, schedule_rounds=rounds, final=False)
-        if len(history) == 1:
-            return Stage(SUBSETS, all_subsets(tasks), rounds - self.split_round, init="previous", continues=True)
-        return None
+        return merge_and_continue(MERGE, SUBSETS, tasks, self.split_round, rounds, history, all_subsets(tasks))
 
     def decide(self, tasks: tuple[str, ...], result: StageResult) -> None:
         if result["name"] == MERGE:

@@ -27,6 +27,23 @@ from mas_lightning.tasks import letters
 MERGE, SPLIT = "mas/merge", "mas/split"
 
 
+def merge_and_continue(merge: str, then: str, tasks: tuple[str, ...], split_round: int, rounds: int,
+                       history: list[StageResult], groups: list[tuple[str, ...]] | None) -> Stage | None:
+    """The two stages of a merge-then-split recipe: ``merge`` (all tasks, ``split_round`` rounds on the whole
+    run's schedule), then ``then`` (``groups``, each from the merged model, on the same round clock)."""
+    if not history:
+        return Stage(merge, [tasks], split_round, schedule_rounds=rounds, final=False)
+    if len(history) == 1 and groups is not None:
+        return Stage(then, groups, rounds - split_round, init="previous", continues=True)
+    return None
+
+
+def check_split_round(split_round: int, rounds: int) -> None:
+    """The merged stage must leave rounds for the groups."""
+    if not split_round < rounds:
+        raise ConfigError(f"method.split_round={split_round} must be smaller than rounds={rounds}")
+
+
 class MAS(Method):
     """Merge all tasks, measure affinity, split into the groups that help each other.
 
@@ -51,16 +68,11 @@ class MAS(Method):
     def check(self, tasks: tuple[str, ...], rounds: int) -> None:
         if len(tasks) < 2:  # caught here, not at the split round after hours of training
             raise ConfigError(f"MAS splits tasks: it needs at least 2 tasks, got {letters(tasks)!r}")
-        if not self.split_round < rounds:
-            raise ConfigError(f"method.split_round={self.split_round} must be smaller than rounds={rounds}")
+        check_split_round(self.split_round, rounds)
 
     def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
-        if not history:
-            return Stage(MERGE, [tasks], self.split_round, schedule_rounds=rounds, final=False)
-        if len(history) == 1:
-            groups = [tuple(g) for g in history[0]["split"]["groups"]]
-            return Stage(SPLIT, groups, rounds - self.split_round, init="previous", continues=True)
-        return None
+        groups = [tuple(g) for g in history[0]["split"]["groups"]] if history else None
+        return merge_and_continue(MERGE, SPLIT, tasks, self.split_round, rounds, history, groups)
 
     def decide(self, tasks: tuple[str, ...], result: StageResult) -> None:
         if result["name"] != MERGE:
