@@ -107,7 +107,8 @@ def test_measuring_leaves_no_trace(method: str) -> None:
     optimizer.step()  # momentum state and .grad now exist and must survive untouched
     before = _state(model, optimizer)
 
-    z = lookahead_affinity(model, batch, lr=0.1, weight_decay=1e-4, method=method)
+    steps = 3 if method == "multi_step" else 1
+    z = lookahead_affinity(model, batch, lr=0.1, weight_decay=1e-4, method=method, steps=steps)
     _assert_same_state(before, _state(model, optimizer))
     assert torch.isfinite(z).all()
 
@@ -129,6 +130,40 @@ def test_dropout_masks_are_shared_by_all_forwards() -> None:
     z = lookahead_affinity(model, batch, lr=1e-6, method="exact")
     first_order = lookahead_affinity(model, batch, lr=1e-6, method="first_order")
     torch.testing.assert_close(z, first_order, rtol=1e-3, atol=1e-5)
+
+
+def _multi_step_reference(model: ToyMultiTaskModel, batch: dict, lr: float, wd: float, steps: int) -> torch.Tensor:
+    """``steps`` torch.optim.SGD steps of a copy's encoder on task i, each a new forward on the batch."""
+    before = copy.deepcopy(model)
+    with torch.no_grad():
+        loss_before = before.task_losses(before(batch["rgb"]), batch)
+    z = torch.zeros(len(model.tasks), len(model.tasks), dtype=torch.float64)
+    for i, source in enumerate(model.tasks):
+        stepped = copy.deepcopy(model)
+        sgd = torch.optim.SGD(stepped.encoder.parameters(), lr=lr, weight_decay=wd)
+        for _ in range(steps):
+            sgd.zero_grad()
+            stepped.task_losses(stepped(batch["rgb"]), batch)[source].backward()
+            sgd.step()
+        with torch.no_grad():
+            loss_after = stepped.task_losses(stepped(batch["rgb"]), batch)
+        for j, target in enumerate(model.tasks):
+            z[i, j] = (1 - loss_after[target] / loss_before[target]) / (lr * steps)
+    return z
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_multi_step_matches_repeated_sgd_steps(train: bool) -> None:
+    model = _warmed_model(tasks=("a", "b", "c", "d")).train(train)
+    batch = toy_batch(model.tasks, dtype=torch.float64)
+    z = lookahead_affinity(model, batch, lr=0.3, weight_decay=0.05, method="multi_step", steps=4)
+    expected = _multi_step_reference(model, batch, lr=0.3, wd=0.05, steps=4)
+    torch.testing.assert_close(z, expected, rtol=1e-9, atol=1e-9)
+    # Four steps are not one step rescaled: the longer look ahead measures something else.
+    one = lookahead_affinity(model, batch, lr=0.3, weight_decay=0.05)
+    assert (z - one).abs().max() > 0.05 * one.abs().max()
+    # With one step it is the exact estimator.
+    assert torch.equal(lookahead_affinity(model, batch, lr=0.3, weight_decay=0.05, method="multi_step"), one)
 
 
 def test_batched_equals_exact() -> None:
@@ -185,6 +220,8 @@ def test_autocast_bfloat16_stays_close_to_float32(method: str) -> None:
         ({"lr": 0.1, "method": "second_order"}, "'second_order'.*exact, batched, first_order"),
         ({"lr": 0.1, "max_samples": 0}, "max_samples must be"),
         ({"lr": 0.1, "max_samples": 2.5}, "max_samples must be"),
+        ({"lr": 0.1, "method": "multi_step", "steps": 0}, "steps=0 must be"),
+        ({"lr": 0.1, "method": "exact", "steps": 2}, "steps=2 .*only with method='multi_step'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:

@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-Method = Literal["exact", "batched", "first_order"]
+Method = Literal["exact", "batched", "first_order", "multi_step"]
 """``exact``: T lookahead forwards one by one; ``batched``: the T forwards as one vmapped call;
-``first_order``: no lookahead forward, the Taylor estimate ``(g_i + wd theta) . g_j / L_j``."""
+``first_order``: no lookahead forward, the Taylor estimate ``(g_i + wd theta) . g_j / L_j``;
+``multi_step``: ``steps`` SGD steps on task i before task j's loss is read (see :func:`lookahead_affinity`)."""
 
 METHODS: tuple[str, ...] = get_args(Method)
 
@@ -43,6 +44,7 @@ def lookahead_affinity(
     weight_decay: float = 0.0,
     method: Method = "exact",
     max_samples: int | None = None,
+    steps: int = 1,
 ) -> Tensor:
     """Measure the T x T lookahead affinity of the model's tasks on one batch.
 
@@ -56,6 +58,13 @@ def lookahead_affinity(
     see ``experiments/bench_affinity.py``), ``first_order`` none (error O(lr)). ``max_samples`` measures
     on the first samples of the batch only.
 
+    ``multi_step`` looks further ahead: ``steps`` plain SGD steps of the shared parameters on task i alone
+    (each on the same batch, from the same buffers and random state), then every task's loss, and
+    ``Z[i, j] = (1 - L_j(theta_S) / L_j(theta)) / (steps * lr)`` (per-step units, so ``steps=1`` is
+    ``exact``). A single step only sees the first-order interaction of two gradients; several steps let
+    task i's pull on the shared encoder build up, which is where capacity contention shows. Cost:
+    ``exact`` plus ``(steps - 1) * T`` forward-backward passes.
+
     Works inside ``torch.autocast``; ``Z`` has the losses' dtype (float32 by the model contract). Under
     float16 autocast the gradients are not loss-scaled, so prefer bfloat16 there. The random state is
     kept for the CPU and the batch's CUDA device.
@@ -65,8 +74,9 @@ def lookahead_affinity(
         batch: a batched sample dict with ``"rgb"`` and the targets of every task of the model.
         lr: step size of the lookahead step (the client's current learning rate), > 0.
         weight_decay: L2 coefficient folded into the step, >= 0.
-        method: one of ``"exact"``, ``"batched"``, ``"first_order"``.
+        method: one of ``"exact"``, ``"batched"``, ``"first_order"``, ``"multi_step"``.
         max_samples: measure on at most this many leading samples of the batch (None: all).
+        steps: lookahead steps of ``multi_step`` (>= 1); the other methods take exactly one.
 
     Returns:
         ``Z`` of shape (T, T) in ``model.tasks`` order, ``Z[i, j]`` = affinity of task i onto task j,
@@ -77,6 +87,8 @@ def lookahead_affinity(
             (the ratio is then undefined); the message names the task.
     """
     _check_arguments(lr, weight_decay, method, max_samples)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (steps > 1 and method != "multi_step"):
+        raise ValueError(f"steps={steps!r} must be an int >= 1, and > 1 only with method='multi_step'")
     if "rgb" not in batch:
         raise ValueError(f"batch has no 'rgb' entry; keys are {sorted(batch)}")
     batch = _leading_samples(batch, max_samples)
@@ -102,7 +114,10 @@ def lookahead_affinity(
             stepped = [
                 [p.detach() - lr * (g + weight_decay * p.detach()) for p, g in zip(params, row)] for row in grads
             ]
-            if method == "exact":
+            if method == "multi_step":
+                stepped = [_more_steps(model, batch, tasks, names, i, row, steps - 1, lr, weight_decay,
+                                       fresh_forward) for i, row in enumerate(stepped)]
+            if method in ("exact", "multi_step"):
                 after = torch.stack(
                     [_lookahead_losses(model, batch, tasks, dict(zip(names, row)), fresh_forward) for row in stepped]
                 )
@@ -110,7 +125,32 @@ def lookahead_affinity(
                 after, before = _batched_lookahead_losses(
                     model, batch, tasks, names, params, stepped, before, fresh_forward
                 )
-    return (1.0 - after / before.unsqueeze(0)) / lr
+    return (1.0 - after / before.unsqueeze(0)) / (lr * steps)
+
+
+def _more_steps(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    tasks: Sequence[str],
+    names: Sequence[str],
+    task: int,
+    params: list[Tensor],
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    fresh_forward: Callable[[], None],
+) -> list[Tensor]:
+    """``steps`` further plain SGD steps of the shared parameters on task ``task`` alone, from ``params``."""
+    for _ in range(steps):
+        current = [p.detach().requires_grad_() for p in params]
+        fresh_forward()
+        with torch.enable_grad():
+            preds = functional_call(model, dict(zip(names, current)), (batch["rgb"],))
+            loss = _stacked_losses(model, preds, batch, tasks)[task]
+            grads = torch.autograd.grad(loss, current, allow_unused=True)
+        params = [p.detach() - lr * ((torch.zeros_like(p) if g is None else g) + weight_decay * p.detach())
+                  for p, g in zip(current, grads)]
+    return params
 
 
 def _check_arguments(lr: float, weight_decay: float, method: str, max_samples: int | None) -> None:

@@ -45,10 +45,13 @@ log = logging.getLogger(__name__)
 class AffinityOptions:
     """How lookahead affinity is measured (``--method.init_args.affinity.<key>``; shared by MAS and TAG)."""
 
-    estimator: Literal["exact", "batched", "first_order"] = "first_order"
+    estimator: Literal["exact", "batched", "first_order", "multi_step"] = "first_order"
     """``exact``: T lookahead forwards; ``batched``: the same fused by vmap (accelerators);
     ``first_order``: the Taylor estimate, no lookahead forward (one measurement on 9 tasks: 4.2 training
-    steps against exact's 7.5; README, "What measuring affinity costs")."""
+    steps against exact's 7.5; README, "What measuring affinity costs"); ``multi_step``: ``steps``
+    lookahead steps on task i before task j's loss is read (capacity contention that one step cannot see)."""
+    steps: int = 3
+    """Lookahead steps of the ``multi_step`` estimator (the others take one)."""
     every: int = 10
     """Measure one local step in N, counted over the clients of a round (its first step included)."""
     samples: int | None = None
@@ -68,8 +71,11 @@ class AffinityOptions:
             raise ValueError(f"affinity.samples={self.samples} must be >= 1 or null")
         if self.rounds not in ("last", "first"):
             raise ValueError(f"affinity.rounds={self.rounds!r} must be 'last' or 'first'")
-        if self.estimator not in ("exact", "batched", "first_order"):
-            raise ValueError(f"affinity.estimator={self.estimator!r} must be exact, batched or first_order")
+        if self.estimator not in ("exact", "batched", "first_order", "multi_step"):
+            raise ValueError(f"affinity.estimator={self.estimator!r} must be exact, batched, first_order "
+                             "or multi_step")
+        if self.steps < 1:
+            raise ValueError(f"affinity.steps={self.steps} must be >= 1")
 
     def measured_rounds(self, stage_rounds: int) -> range:
         """The rounds of a ``stage_rounds``-round stage that are measured and averaged."""
@@ -155,13 +161,17 @@ class AffinityMeasurement(Callback):
         with ctx.engine.fabric.autocast():
             return lookahead_affinity(ctx.model, ctx.batch, lr=float(settings["lr"]),
                                       weight_decay=float(settings.get("weight_decay", 0.0)),
-                                      method=self.options.estimator, max_samples=self.options.samples)
+                                      method=self.options.estimator, max_samples=self.options.samples,
+                                      steps=self.options.steps if self.options.estimator == "multi_step" else 1)
 
     def setting(self, ctx: BatchContext) -> str:
         """What a measurement's FLOPs depend on: the group's model, the estimator and the measured batch shape."""
         shape = list(ctx.batch["rgb"].shape)
         shape[0] = min(shape[0], self.options.samples or shape[0])
-        return f"{letters(ctx.group)}|{self.options.estimator}|{'x'.join(map(str, shape))}"
+        estimator = self.options.estimator
+        if estimator == "multi_step":
+            estimator += f"x{self.options.steps}"
+        return f"{letters(ctx.group)}|{estimator}|{'x'.join(map(str, shape))}"
 
     def on_client_end(self, ctx: ClientContext) -> None:
         if not self._active or self._client_sum is None:
@@ -208,6 +218,7 @@ class AffinityMeasurement(Callback):
                 "rounds_averaged": [r for r, _ in self.history],
                 "per_round": [z.tolist() for _, z in self.history],
                 "estimator": self.options.estimator, "every": self.options.every, "samples": self.options.samples,
+                **({"steps": self.options.steps} if self.options.estimator == "multi_step" else {}),
                 "measurements": self.measurements, "flops": self.flops}
         # no timing here: results must be bit-identical on resume (FLOPs are: they depend on shapes only)
 

@@ -36,7 +36,7 @@ from mas_lightning.methods.method import Method
 from mas_lightning.tasks import letters
 
 MERGE, SUBSETS = "subsets/merge", "subsets/all"
-Estimator = Literal["exact", "batched", "first_order"]
+Estimator = Literal["exact", "batched", "first_order", "multi_step"]
 
 
 def all_subsets(tasks: tuple[str, ...]) -> list[tuple[str, ...]]:
