@@ -38,6 +38,7 @@ from mas_lightning.federated.callbacks import Callback, FitContext
 from mas_lightning.federated.checkpoint import find_resume, load_state
 from mas_lightning.federated.config import FederatedConfig
 from mas_lightning.federated.engine import FederatedEngine
+from mas_lightning.federated.serving_weights import ServingWeights
 from mas_lightning.federated.state import RunState, new_state
 from mas_lightning.methods import AllInOne, Method
 from mas_lightning.model import MultiTaskModel, TaskMetrics
@@ -116,7 +117,8 @@ def fit(
     # Seed, out folder, resume file, optimiser: refused now (exit 2), not after Fabric and the data are built.
     preflight.check_options(optimizer=optimizer, seed=seed, out=Path(out), run_dir=run_dir, resume=resume)
     # Method callbacks first: the report's callbacks read what they add to a stage's result.
-    callbacks = [*method.callbacks(), AffinityFiles(), MetricsFile()]
+    # ServingWeights keeps every final stage's models in the checkpoint: load_run serves each task from them.
+    callbacks = [*method.callbacks(), AffinityFiles(), MetricsFile(), ServingWeights()]
     fabric = preflight.make_fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                                    precision=precision, callbacks=callbacks,
                                    loggers=make_loggers(logger, run_dir, run_name))
