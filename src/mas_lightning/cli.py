@@ -36,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "fit": "mas_lightning.commands.fit:fit",
     "central": "mas_lightning.commands.central:central",
     "compare": "mas_lightning.commands.compare:compare",
+    "test": "mas_lightning.commands.evaluate_run:evaluate_run",
+    "export": "mas_lightning.commands.export:export",
 }
 
 PROG = "python -m mas_lightning"
