@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from jsonargparse import lazy_instance
 from lightning.fabric import Fabric
 from torch import nn
@@ -43,9 +44,9 @@ from mas_lightning.federated.state import RunState, new_state
 from mas_lightning.methods import AllInOne, Method
 from mas_lightning.model import MultiTaskModel, TaskMetrics
 from mas_lightning.report.affinity_files import AffinityFiles
-from mas_lightning.report.loggers import make_loggers
+from mas_lightning.report.loggers import LoggerKind, WandbOptions, close_loggers, log_config, make_loggers, save_ids
 from mas_lightning.report.metrics_file import MetricsFile, write_run_file
-from mas_lightning.report.progress import RoundProgress
+from mas_lightning.report.progress import RoundProgress, RunLog, decision_line, summary_lines
 from mas_lightning.report.summary import FINAL_VAL_METRIC, build_summary
 from mas_lightning.tasks import parse_tasks
 
@@ -70,7 +71,8 @@ def fit(
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
-    logger: Literal["csv", "wandb", "tensorboard"] = "csv",
+    logger: LoggerKind | list[LoggerKind] = "csv",
+    wandb: WandbOptions | None = None,
     out: Path = Path("runs"),
     name: str | None = None,
     seed: int = 0,
@@ -94,7 +96,10 @@ def fit(
         devices: devices per node; clients of a round are divided among them.
         num_nodes: machines (torch.distributed through Fabric).
         strategy: Fabric strategy ("auto", "ddp", ...); only used to launch processes and all-reduce.
-        logger: where per-round metrics go besides metrics.csv: "csv" (only), "wandb", "tensorboard".
+        logger: where per-round metrics go besides metrics.csv (always written): "csv" (nothing more), "wandb",
+            "tensorboard", or a list such as [wandb, tensorboard]. Each gets the resolved config.
+        wandb: W&B project, entity, group, tags and run name (``--wandb.project=...``); whether the run is
+            online or offline is W&B's own setting (``wandb login``, ``WANDB_MODE``).
         out: folder holding run folders.
         name: run folder name (default: "<method>-<tasks>-seed<seed>").
         seed: seed of every random choice of the run.
@@ -118,10 +123,11 @@ def fit(
     preflight.check_options(optimizer=optimizer, seed=seed, out=Path(out), run_dir=run_dir, resume=resume)
     # Method callbacks first: the report's callbacks read what they add to a stage's result.
     # ServingWeights keeps every final stage's models in the checkpoint: load_run serves each task from them.
-    callbacks = [*method.callbacks(), AffinityFiles(), MetricsFile(), ServingWeights()]
+    # RunLog last: its round line reads what the others add to the round's row.
+    callbacks = [*method.callbacks(), AffinityFiles(), MetricsFile(), ServingWeights(), RunLog()]
+    loggers = make_loggers(logger, run_dir, run_name, wandb, resume=resume is not False)
     fabric = preflight.make_fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                                   precision=precision, callbacks=callbacks,
-                                   loggers=make_loggers(logger, run_dir, run_name))
+                                   precision=precision, callbacks=callbacks, loggers=loggers)
     fabric.launch()
     fabric.seed_everything(seed, verbose=False)
     # What determines the numbers: the resolved config from the CLI, else the Python arguments, described.
@@ -134,6 +140,10 @@ def fit(
     try:
         if fabric.global_rank == 0 and resolved_config is not None:
             (run_dir / "config.yaml").write_text(resolved_config)
+        if fabric.global_rank == 0 and loggers:
+            save_ids(loggers, run_dir)  # what --resume continues: the W&B run id, the TensorBoard version
+            log_config(loggers, yaml.safe_load(resolved_config) if resolved_config is not None
+                       else identity.get("config", {}))
         try:
             # Every rank builds its own copy: the cache is written atomically, rendering takes about half a
             # second, and a rank-0-first barrier would leave the other ranks waiting forever if rank 0 failed here.
@@ -146,6 +156,9 @@ def fit(
         preflight.check_data(engine.clients_per_round, len(federated_data.clients), type(data).__name__)
         return main(fabric, federated_data, task_names, method, model, optimizer, aggregator, rounds,
                     engine, seed, run_dir, resume, callbacks, identity=dict(identity))
+    except BaseException:
+        close_loggers(loggers, "failed")  # a W&B run is marked failed; --resume continues it
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -179,17 +192,29 @@ def main(fabric: Fabric, data: Any, tasks: tuple[str, ...], method: Method, mode
     summary["session_wall_s"] = round(time.perf_counter() - started, 3)
     # Stable names: sweeps select on FINAL_VAL_METRIC (the serving models' validation total); the test
     # numbers are logged for the final report only, never to select on.
-    final = {FINAL_VAL_METRIC: summary["total_val_loss"],
-             **{f"final/val/{task}/loss": loss for task, loss in summary["val_loss"].items()},
-             "test/total_loss": summary["total_test_loss"], "cost/client_compute_s": summary["client_compute_s"],
-             **{f"test/{task}/loss": loss for task, loss in summary["test_loss"].items()}}
-    fabric.log_dict(final, step=len(state["metrics"]) + 1)
-    for logger in fabric.loggers:
-        logger.finalize("success")
+    fabric.log_dict(final_metrics(summary), step=len(state["metrics"]) + 1)
+    close_loggers(fabric.loggers)
     if fabric.global_rank == 0:
         write_run_file(run_dir / "summary.json", lambda handle: json.dump(summary, handle, indent=2), state)
-        print(f"total test loss {summary['total_test_loss']:.4f}; summary in {run_dir / 'summary.json'}")
+        print("\n".join(summary_lines(summary)))
+        print(f"summary in {run_dir / 'summary.json'}", flush=True)
     return summary
+
+
+def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """What ``fit`` logs at its end, under stable names: the serving models' validation losses
+    (``final/val/...``, what sweeps select on), every test metric of every task (``test/<task>/<metric>``:
+    loss, miou, abs_rel, angle_mean, ...), ``test/total_loss`` and the cost (``cost/...``)."""
+    # Sweeps select on FINAL_VAL_METRIC; the test numbers are for the final report only, never to select on.
+    final: dict[str, float] = {FINAL_VAL_METRIC: summary["total_val_loss"],
+                               **{f"final/val/{task}/loss": loss for task, loss in summary["val_loss"].items()},
+                               "test/total_loss": summary["total_test_loss"]}
+    for task, values in summary["test"].items():
+        final.update({f"test/{task}/{name}": value for name, value in values.items() if value is not None})
+    for key in ("client_compute_s", "wall_s", "train_flops", "total_flops", "energy_j"):
+        if summary.get(key) is not None:
+            final[f"cost/{key}"] = summary[key]
+    return final
 
 
 def run_method(engine: FederatedEngine, method: Method, tasks: tuple[str, ...], rounds: int,
@@ -207,6 +232,8 @@ def run_method(engine: FederatedEngine, method: Method, tasks: tuple[str, ...], 
             progress.start_stage(stage, engine.per_round * len(stage.groups))
         result = engine.run_stage(state, stage)
         method.decide(tasks, result)
+        if engine.fabric.global_rank == 0 and (line := decision_line(result)) is not None:
+            print(line, flush=True)
         state["history"].append(result)
         state["stage"] += 1
         state["round"], state["stage_started"] = 0, False

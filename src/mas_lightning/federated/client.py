@@ -39,6 +39,9 @@ class ClientUpdate:
     """The working model holding the client's trained weights (valid until the next client)."""
     seconds: float
     samples: int
+    loss_sums: dict[str, float]
+    """Per task: the sum over the local batches of the batch's unweighted loss times its samples (the mean
+    client training loss of a round divides these sums by the samples)."""
 
 
 class LocalTrainer:
@@ -91,6 +94,7 @@ class LocalTrainer:
         flops = ctx.state["flops_per_sample"]
         key = letters(group)
         samples = 0
+        loss_sums = torch.zeros(len(group), dtype=torch.float64, device=fabric.device)  # stays on the device
         for step, batch in enumerate(self._batches(dataset, generator)):
             batch = fabric.to_device(batch)
             if key not in flops:  # FLOPs depend on the architecture and input size only: counted once
@@ -108,9 +112,11 @@ class LocalTrainer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             samples += len(batch["rgb"])
+            loss_sums += torch.stack([losses[task].detach().double() for task in group]) * len(batch["rgb"])
             fabric.call("on_train_batch_end", BatchContext(**{**vars(batch_ctx), "losses": losses}))
         fabric.call("on_client_end", client_ctx)
-        return ClientUpdate(model=model, seconds=time.perf_counter() - started, samples=samples)
+        sums = dict(zip(group, loss_sums.tolist(), strict=True))  # one device sync per client, inside the timing
+        return ClientUpdate(model=model, seconds=time.perf_counter() - started, samples=samples, loss_sums=sums)
 
     def _batches(self, dataset: Any, gen: torch.Generator) -> Iterator[dict[str, Tensor]]:
         """A client's local batches: shuffled epochs (or a fixed number of steps), optionally flipped."""

@@ -142,6 +142,8 @@ class FederatedEngine:
         factor = (1.0 - progress) ** cfg.poly_power if cfg.lr_decay == "poly" else 1.0
         totals = torch.zeros(4, dtype=torch.float64)  # client seconds, samples, dropped updates, FLOPs
         screen = UpdateScreen(cfg, state, round_, clients)
+        tasks = list(dict.fromkeys(t for group in state["groups"] for t in group))
+        task_totals = torch.zeros(2, len(tasks), dtype=torch.float64)  # per task: loss x samples, samples
         updated = 0
         for g, group in enumerate(state["groups"]):
             total = WeightedSum.zeros_like(state["weights"][g])
@@ -154,6 +156,8 @@ class FederatedEngine:
                 flops = update.samples * state["flops_per_sample"].get(letters(group), 0.0)
                 totals += torch.tensor([update.seconds, update.samples, 0.0 if ok else 1.0, flops],
                                        dtype=torch.float64)
+                for task, loss_sum in update.loss_sums.items():
+                    task_totals[:, tasks.index(task)] += torch.tensor([loss_sum, update.samples], dtype=torch.float64)
                 if self.progress is not None:
                     self.progress()
             if fabric.world_size > 1:
@@ -162,12 +166,15 @@ class FederatedEngine:
                 averaged = total.mean(like=state["weights"][g])
                 state["weights"][g] = self.aggregator.server_update(state["weights"][g], averaged)
                 updated += 1
-        packed = torch.cat([totals, screen.norms.reshape(-1)])
+        packed = torch.cat([totals, task_totals.reshape(-1), screen.norms.reshape(-1)])
         if fabric.world_size > 1:  # on the device: NCCL cannot reduce CPU tensors
             packed = fabric.all_reduce(packed.to(fabric.device), reduce_op="sum").cpu()
-        totals, norms = packed[:4], packed[4:].reshape(screen.norms.shape)
+        split = 4 + task_totals.numel()
+        totals, norms = packed[:4], packed[split:].reshape(screen.norms.shape)
+        task_totals = packed[4:split].reshape(task_totals.shape)
         self._check_failures(state, stage, run_round, updated, len(clients))
         row = self._round_row(state, stage, round_, run_round, clients, factor, totals)
+        row.update(training_losses(tasks, task_totals))
         row.update(screen.medians(norms))
         fabric.call("on_round_end", ctx, row)
         self._account(state, started, totals)
@@ -217,7 +224,10 @@ class FederatedEngine:
 
     def _round_row(self, state: RunState, stage: Stage, round_: int, run_round: int, clients: list[int],
                    factor: float, totals: Tensor) -> dict[str, Any]:
-        row: dict[str, Any] = {"stage": stage.name, "round": run_round, "clients": len(clients),
+        # "round" is the round on the stage's clock (0-based); "run_round" counts the run's rounds 1, 2, ...
+        # across all stages (the loggers' step).
+        row: dict[str, Any] = {"stage": stage.name, "round": run_round, "run_round": len(state["metrics"]) + 1,
+                               "clients": len(clients),
                                "dropped_updates": int(totals[2]), "lr_factor": round(factor, 6)}
         if (run_round + 1) % self.config.eval_every == 0 or round_ + 1 == stage.rounds:
             total, per_group = 0.0, {}
@@ -254,3 +264,14 @@ class FederatedEngine:
             save_state(state, self.callbacks, self.run_dir / "checkpoints")
         self.fabric.call("on_save", FitContext(self, state))
         self.fabric.barrier()
+
+
+def training_losses(tasks: list[str], totals: Tensor) -> dict[str, float]:
+    """The round's mean client training loss per task (``train/<task>/loss``: over every local batch of every
+    client, weighted by the batch's samples; the loss before the batch's optimiser step) and their sum
+    (``train/total_loss``). ``totals`` holds per task the summed loss x samples (row 0) and the samples (row 1)."""
+    means = {task: float(totals[0, i] / totals[1, i]) for i, task in enumerate(tasks) if totals[1, i] > 0}
+    row = {f"train/{task}/loss": value for task, value in means.items()}
+    if means:
+        row["train/total_loss"] = sum(means.values())
+    return row

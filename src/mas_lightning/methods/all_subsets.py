@@ -21,13 +21,12 @@ The summary's own totals are those of the all-task group, i.e. all-in-one traine
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from itertools import combinations
-from typing import Any, Literal
+from typing import Literal
 
 from mas_lightning.errors import ConfigError
-from mas_lightning.federated.callbacks import Callback, RoundContext, StageContext
+from mas_lightning.federated.callbacks import Callback
 from mas_lightning.federated.config import Stage
 from mas_lightning.federated.state import StageResult
 from mas_lightning.methods.affinity_measurement import AffinityMeasurement, AffinityOptions
@@ -49,25 +48,6 @@ def affinity_key(index: int, estimator: str) -> str:
     return "affinity" if index == 0 else f"affinity_{estimator}"
 
 
-class StageLog(Callback):
-    """One printed line per stage start and per round (the rich progress bar is silent off a terminal)."""
-
-    state_key = "AllSubsets.log"
-
-    def __init__(self) -> None:
-        self._started, self._cpu = time.perf_counter(), time.process_time()
-
-    def on_stage_start(self, ctx: StageContext) -> None:
-        if ctx.engine.fabric.global_rank == 0:
-            print(f"  stage {ctx.stage.name}: {len(ctx.stage.groups)} group(s), {ctx.stage.rounds} rounds", flush=True)
-
-    def on_round_end(self, ctx: RoundContext, row: dict[str, Any]) -> None:
-        if ctx.engine.fabric.global_rank == 0:
-            print(f"  stage {ctx.stage.name}: round {ctx.round + 1}/{ctx.stage.rounds} (run round {ctx.run_round}) "
-                  f"done; this session so far {time.perf_counter() - self._started:.0f} s wall, "
-                  f"{time.process_time() - self._cpu:.0f} s CPU", flush=True)
-
-
 class AllSubsets(Method):
     """Train the merged model once, then every non-empty subset of the tasks from it (the grouping ground truth).
 
@@ -77,24 +57,21 @@ class AllSubsets(Method):
             replaced by each of ``estimators`` in turn.
         estimators: the estimators measured side by side on the same batches, each under its own key.
         max_tasks: refuse larger task sets (2^T - 1 models train each round: 63 for 6 tasks).
-        log_rounds: print a line per stage and round (the ground-truth script's progress).
     """
 
     def __init__(self, *, split_round: int = 7, affinity: AffinityOptions = AffinityOptions(),
-                 estimators: tuple[Estimator, ...] = ("exact", "first_order"), max_tasks: int = 6,
-                 log_rounds: bool = True) -> None:
+                 estimators: tuple[Estimator, ...] = ("exact", "first_order"), max_tasks: int = 6) -> None:
         if split_round < 1:
             raise ValueError(f"method.split_round={split_round} must be >= 1")
         if not estimators or len(set(estimators)) != len(estimators):
             raise ValueError(f"method.estimators={list(estimators)} must name at least one estimator, each once")
-        self.split_round, self.max_tasks = split_round, max_tasks
+        self.split_round, self.max_tasks, self.subsets = split_round, max_tasks, subsets
         self.measurements = [AffinityMeasurement(MERGE, split_round, replace(affinity, estimator=estimator),
                                                  key=affinity_key(i, estimator))
                              for i, estimator in enumerate(estimators)]
-        self.log = StageLog() if log_rounds else None
 
     def callbacks(self) -> list[Callback]:
-        return [*self.measurements, *([self.log] if self.log is not None else [])]
+        return list(self.measurements)  # fit prints a line per stage and round (report.progress.RunLog)
 
     def check(self, tasks: tuple[str, ...], rounds: int) -> None:
         if not 2 <= len(tasks) <= self.max_tasks:
@@ -103,6 +80,8 @@ class AllSubsets(Method):
         check_split_round(self.split_round, rounds)
 
     def next_stage(self, tasks: tuple[str, ...], rounds: int, history: list[StageResult]) -> Stage | None:
+        if not self.subsets:  # the merged stage alone, test-evaluated as the run's final models
+            return None if history else Stage(MERGE, [tasks], self.split_round, schedule_rounds=rounds)
         return merge_and_continue(MERGE, SUBSETS, tasks, self.split_round, rounds, history, all_subsets(tasks))
 
     def decide(self, tasks: tuple[str, ...], result: StageResult) -> None:
@@ -115,5 +94,6 @@ class AllSubsets(Method):
             result["subsets"] = {"val": result["val"], "test": result["test"]}  # type: ignore[typeddict-unknown-key]
 
     def serving(self, tasks: tuple[str, ...], history: list[StageResult]) -> dict[str, tuple[int, str]]:
-        """Every task by the all-task group: the summary's totals are all-in-one's."""
-        return {task: (1, letters(tasks)) for task in tasks}
+        """Every task by the all-task group: the summary's totals are all-in-one's (the merged model's when
+        ``subsets`` is off)."""
+        return {task: (1 if self.subsets else 0, letters(tasks)) for task in tasks}
