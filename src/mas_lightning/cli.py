@@ -10,21 +10,27 @@ stopped and the command that resumes it, and exit code 130.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 import os
+import re
 import shlex
 import shutil
 import sys
-from argparse import ArgumentError
+from argparse import Action, ArgumentError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from mas_lightning.errors import ConfigError, RunError
+
+# Dataclass options (``--engine.*``, ``--method.affinity.*``) document themselves with attribute docstrings.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 # name -> "module:function"; imported when the parser is built so each command's signature is its CLI.
 RESOLVED_CONFIG = "resolved_config"
@@ -50,15 +56,104 @@ def _load(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def build_parser(commands: dict[str, str] | None = None) -> ArgumentParser:
+def _help_line(name: str, target: str) -> str:
+    """First docstring line of a command's function, read from its source without importing the module
+    (importing ``fit`` takes seconds: torch, Lightning); falls back to importing it."""
+    module, function_name = target.split(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(Path(spec.origin).read_text()) if spec and spec.origin else None
+    except (ImportError, OSError, SyntaxError, ValueError):
+        tree = None
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function_name:
+            doc = ast.get_docstring(node)
+            if doc:
+                return doc.strip().splitlines()[0]
+    return (_load(target).__doc__ or name).strip().splitlines()[0]
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with the type and default of factory options written for people.
+
+    A factory option (``optimizer``, ``model``) is typed ``Callable[[arguments], Class]``: the user gives a
+    class with ``class_path``/``init_args`` and the command supplies the arguments. Its type reads
+    "Class class (class_path, init_args; ... given by the command)", and a function default reads as the
+    first line of the function's docstring instead of its dotted import path.
+    """
+
+    def _get_type_str(self, action: Action) -> str | None:
+        text = super()._get_type_str(action)
+        return None if text is None else readable_type(text)
+
+    def _expand_help(self, action: Action) -> str:
+        text = super()._expand_help(action)
+        function = _function_default(action.default)
+        if function is not None:
+            doc = (function.__doc__ or "").strip()
+            readable = doc.splitlines()[0].rstrip(".") if doc else f"{function.__name__}()"
+            text = text.replace(f"default: {function.__module__}.{function.__qualname__}", f"default: {readable}")
+        return text
+
+
+def _function_default(default: object) -> Callable[..., Any] | None:
+    """The function a default names (jsonargparse keeps a function default as its dotted path)."""
+    if inspect.isfunction(default):
+        return default
+    if isinstance(default, str) and "." in default:
+        module, _, name = default.rpartition(".")
+        found = getattr(sys.modules.get(module), name, None)
+        return found if inspect.isfunction(found) else None
+    return None
+
+
+_CALLABLE = re.compile(r"^Callable\[\[(?P<args>.*)\], (?P<result>[\w.]+)\]$")
+
+
+def readable_type(text: str) -> str:
+    """``Callable[[Unvalidated<Iterator[Parameter]>], Optimizer]`` -> ``Optimizer class (class_path,
+    init_args; Iterator[Parameter] given by the command)``; other type strings lose only ``Unvalidated<>``."""
+    text = re.sub(r"Unvalidated<([^<>]*)>", r"\1", text)
+    match = _CALLABLE.match(text)
+    if match is None:
+        return text
+    return f"{match['result']} class (class_path, init_args; {match['args']} given by the command)"
+
+
+def _class_help_epilog(parser: ArgumentParser) -> str | None:
+    """The line that tells where the options of each class-valued option are (``--method.help MAS``)."""
+    names = [a.option_strings[0] for a in parser._actions
+             if a.option_strings and a.option_strings[0].endswith(".help")]
+    if not names:
+        return None
+    example = "--method.help MAS" if "--method.help" in names else f"{names[0]} CLASS"
+    return ("Options of the chosen classes (method, model, data, ...) have their own help: "
+            + ", ".join(f"{name} CLASS" for name in names) + f"; e.g. {example}.")
+
+
+def build_parser(commands: dict[str, str] | None = None, *, only: str | None = None,
+                 lazy: bool = False) -> ArgumentParser:
     """The parser with one subcommand per entry of ``commands`` (default: :data:`COMMANDS`).
+
+    With ``lazy``, only the command ``only`` (none when None) gets its full parser; the others get an empty
+    one with their help line: building a command's parser imports its module and everything its signature
+    names, so ``--help`` and one command's parse skip the other commands' imports.
 
     ``exit_on_error=False``: a parse error raises ``ArgumentError`` for :func:`main` to print as one line,
     instead of jsonargparse printing its ~30-line usage block first.
     """
-    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0], exit_on_error=False)
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0], exit_on_error=False,
+                            formatter_class=HelpFormatter,
+                            epilog=f"Each command's options: {PROG} COMMAND --help; the options of a class "
+                                   f"chosen for an option: {PROG} COMMAND --method.help MAS (--model.help, "
+                                   f"--data.help, ...).")
     subcommands = parser.add_subcommands(dest="command")
     for name, target in (commands or COMMANDS).items():
+        if lazy and name != only:
+            help_line = _help_line(name, target)
+            stub = ArgumentParser(description=help_line, exit_on_error=False, formatter_class=HelpFormatter)
+            subcommands.add_subcommand(name, stub, help=help_line)
+            continue
         function = _load(target)
         help_line = (function.__doc__ or name).strip().splitlines()[0]
         subcommands.add_subcommand(name, command_parser(function), help=help_line)
@@ -67,9 +162,11 @@ def build_parser(commands: dict[str, str] | None = None) -> ArgumentParser:
 
 def command_parser(function: Callable[..., Any]) -> ArgumentParser:
     """The parser of one command: ``-c/--config`` plus one option per parameter of ``function``."""
-    sub = ArgumentParser(description=(function.__doc__ or "").strip().split("\n\n")[0], exit_on_error=False)
+    sub = ArgumentParser(description=(function.__doc__ or "").strip().split("\n\n")[0], exit_on_error=False,
+                         formatter_class=HelpFormatter)
     sub.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file(s); later ones win.")
     sub.add_function_arguments(function, fail_untyped=True, skip={RESOLVED_CONFIG})
+    sub.epilog = _class_help_epilog(sub)
     return sub
 
 
@@ -156,7 +253,7 @@ def main(argv: Sequence[str] | None = None, commands: dict[str, str] | None = No
     commands = commands or COMMANDS
     args = list(sys.argv[1:] if argv is None else argv)
     name = next((a for a in args if a in commands), None)
-    parser = build_parser(commands)
+    parser = build_parser(commands, only=name, lazy=True)
     try:
         cfg = parser.parse_args(args)
     except ArgumentError as error:

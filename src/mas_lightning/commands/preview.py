@@ -7,7 +7,6 @@ from pathlib import Path
 from jsonargparse import lazy_instance
 
 from mas_lightning.data.base import DataSource, make_loader
-from mas_lightning.data.contact_sheet import contact_sheet
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
 from mas_lightning.errors import ConfigError
 from mas_lightning.tasks import TASKS, parse_tasks
@@ -38,6 +37,8 @@ def data(
     print(f"{len(sizes)} clients, {sum(sizes)} training images (smallest {min(sizes)}, largest {max(sizes)}); "
           f"val {len(federated.val)}, test {len(federated.test)}; {federated.resolution} px; "
           f"labels: {''.join(TASKS[t].letter for t in names)}")
+    from mas_lightning.data.contact_sheet import contact_sheet  # matplotlib: only when a sheet is drawn
+
     batch = next(iter(make_loader(federated.clients[0], samples)))
     path = contact_sheet(batch, Path(out) / "contact_sheet.png", max_samples=samples)
     print(f"contact sheet: {path}")

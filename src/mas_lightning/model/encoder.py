@@ -15,7 +15,6 @@ purposes:
 
 from __future__ import annotations
 
-import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
@@ -40,6 +39,9 @@ def build_encoder(name: str, depth: int, weights: str | None) -> tuple[nn.Module
     if not 3 <= depth <= 5:
         raise ValueError(f"encoder_depth must be 3, 4 or 5, got {depth}")
     try:
+        # Imported here: smp pulls in timm (and timm wandb), which `--help` and the parsers never need.
+        import segmentation_models_pytorch as smp
+
         encoder = smp.encoders.get_encoder(name, in_channels=3, depth=depth, weights=weights)
     except (KeyError, RuntimeError) as error:  # smp: KeyError for its own names; timm: RuntimeError
         raise ValueError(
