@@ -62,8 +62,10 @@ def _prune_and_find_last_conv(encoder: nn.Module) -> str:
     was_training = encoder.training
     encoder.eval()
     try:
-        features = encoder(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
-        sum(f.float().mean() for f in features[1:]).backward()
+        # Gradients on even when the model is built under torch.no_grad() (e.g. loading it for inference).
+        with torch.enable_grad():
+            features = encoder(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+            sum(f.float().mean() for f in features[1:]).backward()
     finally:
         for hook in hooks:
             hook.remove()
