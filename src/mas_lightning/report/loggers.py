@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +103,9 @@ def make_loggers(logger: str | Sequence[str], run_dir: Path, run_name: str, wand
 
 
 def _new_wandb_id() -> str:
-    from wandb.util import generate_id
-
-    return generate_id()
+    """A new run id as W&B makes them: 8 characters of lower-case letters and digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _latest_version(root: Path) -> int | None:
