@@ -33,6 +33,8 @@ from mas_lightning.tasks import letters, parse_tasks
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
+RETIRED_MODEL_OPTIONS = ("lr", "momentum", "weight_decay", "poly_power")
+"""``model.init_args`` keys of configs written by earlier versions: optimiser settings that ``fit`` never read."""
 
 
 @dataclass
@@ -150,7 +152,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> FinishedRu
 
 
 def _instantiate(config_file: Path) -> Any:
-    """``config.yaml`` parsed by ``fit``'s own parser and its classes built (model factory, method, data)."""
+    """``config.yaml`` parsed by ``fit``'s own parser and its classes built (model factory, method, data).
+
+    A run written when the model still took :data:`RETIRED_MODEL_OPTIONS` opens without them: ``fit`` never
+    read them, so they did not change its numbers.
+    """
     from mas_lightning.cli import command_parser
     from mas_lightning.commands.fit import fit
 
@@ -158,8 +164,17 @@ def _instantiate(config_file: Path) -> Any:
     try:
         return parser.instantiate(parser.parse_path(str(config_file)))
     except Exception as error:  # jsonargparse reports a key this version no longer accepts in many ways
-        raise ConfigError(f"run: {config_file} is not a config this version of fit accepts: "
-                          f"{' '.join(str(error).split())[:500]}") from None
+        first = error
+    config = yaml.safe_load(config_file.read_text())
+    init_args = (config.get("model") or {}).get("init_args") if isinstance(config.get("model"), dict) else None
+    if isinstance(init_args, dict) and set(init_args) & set(RETIRED_MODEL_OPTIONS):
+        config["model"]["init_args"] = {k: v for k, v in init_args.items() if k not in RETIRED_MODEL_OPTIONS}
+        try:
+            return parser.instantiate(parser.parse_string(yaml.safe_dump(config, sort_keys=False)))
+        except Exception:  # reported below as the first error, which names the original key
+            pass
+    raise ConfigError(f"run: {config_file} is not a config this version of fit accepts: "
+                      f"{' '.join(str(first).split())[:500]}") from None
 
 
 def parse_run_tasks(run: FinishedRun, tasks: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from typing import Any
 import lightning
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 import mas_lightning
@@ -201,3 +202,22 @@ def test_bad_runs_and_tasks_exit_2_with_one_line(runs: dict[str, Path], tmp_path
     assert str(tmp_path / "e" / "d.ckpt") in err
     with pytest.raises(ConfigError, match=str(missing)):
         mas_lightning.load_run(missing)
+
+
+def test_a_config_with_retired_model_options_still_opens(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Configs written when MultiTaskModel took optimiser settings that fit never read open without them;
+    any other key the current fit does not accept is refused with the file named."""
+    expected = mas_lightning.load_run(runs["mas"])
+    old = tmp_path / "old"
+    shutil.copytree(runs["mas"], old)
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["model"]["init_args"].update(lr=0.3, momentum=0.5, weight_decay=0.0, poly_power=2.0)
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run = mas_lightning.load_run(old)
+    for key, model in run.groups.items():
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, expected.groups[key].state_dict()[name])
+    config["model"]["init_args"]["no_such_option"] = 1
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ConfigError, match=f"{old / 'config.yaml'}.*no_such_option"):
+        mas_lightning.load_run(old)

@@ -124,12 +124,12 @@ def write_new(folder: Path, stem: str, content: dict[str, Any]) -> Path:
 
 
 def _print(run: FinishedRun, result: dict[str, Any], split: str, tasks: tuple[str, ...], path: Path) -> None:
-    width = max(len(t) for t in tasks)
+    width, group_width = max(len(t) for t in tasks), max(len(run.serving[t]) for t in tasks)
     for task in tasks:
         values = result[split][task]
         rest = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "loss")
         rest = f"  ({rest})" if rest else ""
-        print(f"{task:<{width}}  group {run.serving[task]:<6} loss {values['loss']:.4f}{rest}")
+        print(f"{task:<{width}}  group {run.serving[task]:<{group_width}}  loss {values['loss']:.4f}{rest}")
     total = result[f"total_{split}_loss"]
     line = f"total {split} loss {total:.4f}"
     if split == "test" and result["data"] == "the run's own" and tasks == run.tasks:
