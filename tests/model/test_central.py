@@ -17,6 +17,7 @@ from mas_lightning.data.synthetic import SyntheticData
 from mas_lightning.errors import ConfigError
 from mas_lightning.model import EqualWeighting, MultiTaskModel
 from mas_lightning.model.losses import task_losses
+from mas_lightning.report.comparison_table import run_record
 from mas_lightning.tasks import parse_tasks
 
 
@@ -41,7 +42,7 @@ def test_random_flip_changes_the_batch_in_place() -> None:
     assert any(flipped) and any(kept)  # seed 0 flips some of the four and not others
 
 
-def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> None:
+def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     built: list[tuple[MultiTaskModel, dict[str, torch.Tensor]]] = []
 
     def small_model(tasks: tuple[str, ...]) -> MultiTaskModel:
@@ -68,7 +69,7 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoders.depth") for k in changed)
     assert summary["train_samples"] == 8
-    assert summary["tasks"] == ["segment_semantic", "depth_zbuffer"]
+    assert summary["tasks"] == "sd" and summary["method"] == "Central"
     assert json.loads((tmp_path / "a" / "summary.json").read_text()) == summary
     assert (tmp_path / "a" / "config.yaml").read_text() == "tasks: sd\n"
     restored = MultiTaskModel.load_from_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")
@@ -76,25 +77,36 @@ def test_central_fit_changes_weights_and_writes_the_summary(tmp_path: Path) -> N
 
     # The reported validation and test losses are the trained model's, recomputed here on each whole set
     # (4 samples: one batch).
-    data = SyntheticData(clients=2, sizes=(4,), resolution=32).setup(list(summary["tasks"]))
+    data = SyntheticData(clients=2, sizes=(4,), resolution=32).setup(list(parse_tasks(summary["tasks"])))
     restored.eval()
-    for split, dataset, figures in (("val", data.val, summary["val"]), ("test", data.test, summary["test"])):
+    for split, dataset in (("val", data.val), ("test", data.test)):
         batch = dataset.batch(list(range(len(dataset))))
         with torch.no_grad():
             losses = task_losses(restored(batch["rgb"]), batch)
         for task, loss in losses.items():
-            assert figures[f"{split}/{task}/loss"] == pytest.approx(loss.item(), rel=1e-5), (split, task)
-        assert figures[f"{split}/loss"] == pytest.approx(sum(v.item() for v in losses.values()), rel=1e-5)
+            assert summary[f"{split}_loss"][task] == pytest.approx(loss.item(), rel=1e-5), (split, task)
+        assert summary[f"total_{split}_loss"] == pytest.approx(sum(v.item() for v in losses.values()), rel=1e-5)
     with (tmp_path / "a" / "logs" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows if r["train/loss"]] == [0, 1]  # log_every=1, max_steps=2
     [tested] = [r for r in rows if r["test/loss"]]
-    assert {k: float(v) for k, v in tested.items() if k.startswith("test/")} == summary["test"]
+    # fit's layout and names: test/<task>/<metric> per task, test/total_loss logged at the end.
+    assert {f"test/{t}/{k}": v for t, values in summary["test"].items() for k, v in values.items()} == \
+        {k: float(v) for k, v in tested.items() if k.count("/") == 2 and k.startswith("test/")}
+    [final] = [r for r in rows if r.get("test/total_loss")]
+    assert float(final["test/total_loss"]) == pytest.approx(summary["total_test_loss"])
+    assert summary["total_test_loss"] == pytest.approx(float(tested["test/loss"]), rel=1e-6)
+    assert summary["groups"] == ["sd"] and summary["main_metric"]["segment_semantic"]["name"] == "miou"
+    record = run_record("central", summary, summary["test_loss"].keys())  # compare's runs.csv row
+    assert record["total_test_loss"] == summary["total_test_loss"] and record["groups"] == "sd"
+    printed = capsys.readouterr().out.splitlines()
+    assert f"total test loss {summary['total_test_loss']:.4f}" in "\n".join(printed)
+    assert any(line.split()[:1] == ["segment_semantic"] and "miou" in line for line in printed)
 
     # Same seed, same run: the model is built after seeding, so initial weights and results repeat.
     again = run(tmp_path / "b")
     assert all(torch.equal(v, built[1][1][k]) for k, v in before.items())
-    assert again["test"] == summary["test"]
+    assert again["test"] == summary["test"] and again["total_test_loss"] == summary["total_test_loss"]
 
 
 def test_central_refuses_data_without_the_tasks(tmp_path: Path) -> None:

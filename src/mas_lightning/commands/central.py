@@ -15,19 +15,23 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from mas_lightning.data.base import DataSource, Sample, hflip, make_loader
 from mas_lightning.errors import ConfigError
 from mas_lightning.model import MultiTaskModel
-from mas_lightning.tasks import parse_tasks
+from mas_lightning.report.loggers import LoggerKind, WandbOptions, close_loggers, log_config, logger_kinds, make_loggers
+from mas_lightning.report.progress import summary_lines
+from mas_lightning.report.summary import FINAL_VAL_METRIC, main_metric
+from mas_lightning.tasks import letters, parse_tasks
 
 
 class ClientUnion(Dataset):
@@ -102,7 +106,8 @@ def central(
     val_every: int = 1,
     limit_val_batches: int | float = 1.0,
     log_every: int = 50,
-    logger: Literal["csv", "tensorboard"] = "csv",
+    logger: LoggerKind | list[LoggerKind] = "csv",
+    wandb: WandbOptions | None = None,
     out: Path = Path("runs/central"),
     seed: int = 0,
     resolved_config: str | None = None,
@@ -125,18 +130,23 @@ def central(
         val_every: validate every this many epochs.
         limit_val_batches: share (float) or number (int) of validation batches per validation.
         log_every: log training losses every this many steps.
-        logger: where training curves go: ``out/logs``.
+        logger: where training curves go besides ``out/logs/metrics.csv`` (always written): "csv" (nothing
+            more), "wandb", "tensorboard" (``out/tensorboard``) or a list of them; each gets the resolved config.
+        wandb: W&B project, entity, group, tags and run name, as for ``fit``.
         out: run folder.
         seed: seeds the model's initial weights, data order, flips and Lightning's global RNGs.
         resolved_config: filled by the CLI with the run's resolved config, saved as ``config.yaml``.
 
     Returns:
-        The summary also written to ``out/summary.json``: final ``val`` and ``test`` figures, ``tasks``,
-        ``train_samples`` and ``seconds``.
+        The summary also written to ``out/summary.json``, with ``fit``'s keys (``compare`` joins it): per-task
+        ``test`` metrics, ``test_loss``, ``total_test_loss``, ``main_metric``, ``val_loss``, ``total_val_loss``,
+        ``groups`` (one: all tasks), ``method`` ("Central"), ``seed``, ``wall_s``/``client_compute_s`` (the
+        training seconds); plus ``train_samples``.
 
     Raises:
         ConfigError: invalid values, or data that lacks targets for some of the tasks.
     """
+    kinds = logger_kinds(logger)
     if min(max_epochs, batch_size, val_every, log_every) < 1:
         raise ConfigError(
             f"max_epochs, batch_size, val_every and log_every must be >= 1; "
@@ -166,6 +176,12 @@ def central(
     val = make_loader(fed.val, batch_size, num_workers=num_workers)
     test = make_loader(fed.test, batch_size, num_workers=num_workers)
 
+    loggers: list[Logger] = [CSVLogger(out, name="logs", version="")]
+    if "tensorboard" in kinds:
+        loggers.append(TensorBoardLogger(out, name="tensorboard"))
+    loggers += make_loggers(["wandb"] if "wandb" in kinds else [], out, out.name, wandb)
+    if resolved_config is not None:
+        log_config(loggers[1:], yaml.safe_load(resolved_config) or {})
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)]
     if flip:
         callbacks.append(RandomHFlip(seed))
@@ -179,22 +195,44 @@ def central(
         limit_val_batches=limit_val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=log_every,
-        logger=(CSVLogger if logger == "csv" else TensorBoardLogger)(out, name="logs", version=""),
+        logger=loggers,
         callbacks=callbacks,
         default_root_dir=out,
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(module, train, val)
-    seconds = time.perf_counter() - start
-    validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    tested = trainer.test(module, test, verbose=False)[0]
-    summary = {
-        "tasks": list(task_names),
-        "train_samples": len(train.dataset),  # type: ignore[arg-type]
-        "seconds": seconds,
-        "val": validated,
-        "test": {k: float(v) for k, v in tested.items()},
-    }
+    try:
+        trainer.fit(module, train, val)
+        seconds = time.perf_counter() - start
+        validated = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        tested = {k: float(v) for k, v in trainer.test(module, test, verbose=False)[0].items()}
+        summary = central_summary(task_names, validated, tested, seed, seconds, len(train.dataset))  # type: ignore[arg-type]
+        # The names fit logs at its end: test/total_loss (and the serving model's validation total).
+        final = {"test/total_loss": summary["total_test_loss"], FINAL_VAL_METRIC: summary["total_val_loss"]}
+        for one in loggers:
+            one.log_metrics(final, step=trainer.global_step)
+    except BaseException:
+        close_loggers(loggers[1:], "failed")
+        raise
+    close_loggers(loggers)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n".join(summary_lines(summary)))
+    print(f"summary in {out / 'summary.json'}", flush=True)
     return summary
+
+
+def central_summary(tasks: tuple[str, ...], validated: dict[str, float], tested: dict[str, float], seed: int,
+                    seconds: float, samples: int) -> dict[str, Any]:
+    """``summary.json`` in ``fit``'s layout, from the figures Lightning logged (``test/<task>/<metric>``), so
+    that ``compare`` and the comparison tables join a central run as one more variant."""
+    test = {t: {k.split("/", 2)[2]: v for k, v in tested.items() if k.startswith(f"test/{t}/")} for t in tasks}
+    val_loss = {t: validated[f"val/{t}/loss"] for t in tasks if f"val/{t}/loss" in validated}
+    return {
+        "method": "Central", "tasks": letters(tasks), "groups": [letters(tasks)], "test": test,
+        "test_loss": {t: test[t]["loss"] for t in tasks}, "total_test_loss": sum(test[t]["loss"] for t in tasks),
+        "main_metric": {t: {"name": name, "higher_is_better": higher, "value": test[t].get(name)}
+                        for t, (name, higher) in ((t, main_metric(t)) for t in tasks)},
+        "val_loss": val_loss, "total_val_loss": sum(val_loss.values()) if len(val_loss) == len(tasks) else None,
+        "seed": seed, "wall_s": round(seconds, 3), "client_compute_s": round(seconds, 3), "energy_j": None,
+        "train_samples": samples,
+    }

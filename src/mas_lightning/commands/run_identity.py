@@ -47,8 +47,9 @@ COSMETIC = ("logger", "wandb", "out", "name", "resume", "overwrite", "config", "
             "data.init_args.cache_dir")
 """Keys (dotted for nested ones) left out of the identity: they name, place or show a run, never change its
 numbers. ``logger`` (and ``wandb``, its W&B labels) only adds a live copy of the metrics; ``out``/``name``
-place the run folder; ``resume`` and ``overwrite`` say what to do with an existing one; ``config`` lists the YAML files the values came from; the
-data cache folder holds the same bytes wherever it is (the cache is keyed by every generator parameter)."""
+place the run folder; ``resume`` and ``overwrite`` say what to do with an existing one; ``config`` lists the
+YAML files the values came from; the data cache folder holds the same bytes wherever it is (the cache is keyed
+by every generator parameter)."""
 
 NOT_RECORDED = "(not recorded)"
 """The value of a constructor parameter that a Python object does not keep: matches any value."""
