@@ -104,3 +104,19 @@ def test_check_refuses_what_cannot_run() -> None:
         AllSubsets(estimators=("exact", "exact"))
     keys = [m.result_key for m in AllSubsets(estimators=("exact", "first_order")).callbacks()[:2]]
     assert keys == ["affinity", "affinity_first_order"]
+
+
+def test_merge_only_rerun_measures_the_same_merged_stage(tmp_path: Path) -> None:
+    """``subsets=False`` re-measures an existing ground truth: same batches and weights (the exact matrix
+    is bit-identical to the full run's), another estimator beside it, and no subset model trained."""
+    options = AffinityOptions(every=1, window=2)
+    full = _fit(tmp_path, AllSubsets(split_round=2, affinity=options, estimators=("exact", "first_order")), 3, "full")
+    again = _fit(tmp_path, AllSubsets(split_round=2, affinity=options, estimators=("exact", "multi_step"),
+                                      subsets=False), 3, "again")
+    assert len(again["stages"]) == 1 and again["groups"] == [TASKS]
+    merged, remeasured = full["stages"][0], again["stages"][0]
+    assert remeasured["affinity"]["matrix"] == merged["affinity"]["matrix"]
+    steps = remeasured["affinity_multi_step"]
+    assert steps["estimator"] == "multi_step" and steps["steps"] == 3
+    assert steps["rounds_averaged"] == merged["affinity"]["rounds_averaged"] == [0, 1]
+    assert steps["matrix"] != merged["affinity"]["matrix"]

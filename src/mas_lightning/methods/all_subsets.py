@@ -57,10 +57,13 @@ class AllSubsets(Method):
             replaced by each of ``estimators`` in turn.
         estimators: the estimators measured side by side on the same batches, each under its own key.
         max_tasks: refuse larger task sets (2^T - 1 models train each round: 63 for 6 tasks).
+        subsets: False trains the merged stage only (same rounds, schedule and batches, so the same
+            weights): what re-measuring an existing ground truth with another estimator needs.
     """
 
     def __init__(self, *, split_round: int = 7, affinity: AffinityOptions = AffinityOptions(),
-                 estimators: tuple[Estimator, ...] = ("exact", "first_order"), max_tasks: int = 6) -> None:
+                 estimators: tuple[Estimator, ...] = ("exact", "first_order"), max_tasks: int = 6,
+                 subsets: bool = True) -> None:
         if split_round < 1:
             raise ValueError(f"method.split_round={split_round} must be >= 1")
         if not estimators or len(set(estimators)) != len(estimators):
