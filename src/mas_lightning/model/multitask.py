@@ -8,6 +8,7 @@ own loop). MAS's split is :meth:`MultiTaskModel.subset`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,12 +27,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class SGDSettings:
+    """SGD with a polynomial learning-rate decay, as central training uses it."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    poly_power: float
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and self.momentum >= 0 and self.weight_decay >= 0 and self.poly_power >= 0):
+            raise ValueError(f"need lr > 0, momentum >= 0, weight_decay >= 0, poly_power >= 0; got lr={self.lr}, "
+                             f"momentum={self.momentum}, weight_decay={self.weight_decay}, "
+                             f"poly_power={self.poly_power}")
+
+
+REFERENCE_SGD = SGDSettings(lr=0.1, momentum=0.9, weight_decay=1e-4, poly_power=0.9)
+"""The reference's optimiser: SGD lr 0.1, momentum 0.9, weight decay 1e-4, poly decay with power 0.9."""
+
+
 class MultiTaskModel(LightningModule):
     """Shared smp encoder plus one decoder per task; forward gives every task's prediction.
 
     Architecture comes from a preset; any of ``encoder_name``, ``encoder_depth``, ``decoder_width`` given
-    explicitly overrides it. The optimiser settings are used by central training only (the federated
-    engine builds its own optimiser).
+    explicitly overrides it. It has no optimiser options: ``fit`` builds the clients' optimiser from its own
+    ``optimizer`` and ``engine.lr_decay`` options. Under ``lightning.Trainer`` (``central``) it trains with the
+    reference's SGD (:data:`REFERENCE_SGD`); :class:`CentralModel` makes those settings options.
 
     Args:
         tasks: task set: letters (``"sdnkt"``), ``"all"`` or a list of letters/names.
@@ -42,10 +64,6 @@ class MultiTaskModel(LightningModule):
             it downloads, and runs must not depend on the network.
         decoder_width: channels of each decoder's deepest stage; None takes the preset's.
         loss_weighting: how task losses combine (default :class:`EqualWeighting`: the plain sum).
-        lr: SGD learning rate (central training).
-        momentum: SGD momentum (central training).
-        weight_decay: SGD weight decay (central training).
-        poly_power: the learning rate decays as ``lr * (1 - step / total_steps) ** poly_power``.
     """
 
     def __init__(
@@ -58,10 +76,6 @@ class MultiTaskModel(LightningModule):
         encoder_weights: str | None = None,
         decoder_width: int | None = None,
         loss_weighting: LossWeighting | None = None,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        poly_power: float = 0.9,
     ) -> None:
         super().__init__()
         # The weighting is a submodule: its state is in state_dict; pass it again to load_from_checkpoint.
@@ -71,8 +85,6 @@ class MultiTaskModel(LightningModule):
         self.encoder_name = encoder_name or base.encoder_name
         self.encoder_depth = encoder_depth or base.encoder_depth
         self.decoder_width = decoder_width or base.decoder_width
-        if lr <= 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"need lr > 0, momentum >= 0, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}")
 
         self.encoder, self._last_shared_name = build_encoder(self.encoder_name, self.encoder_depth, encoder_weights)
         pyramid = list(self.encoder.out_channels[1:])  # smp lists the input itself first
@@ -141,7 +153,7 @@ class MultiTaskModel(LightningModule):
         # Built without pretrained weights (nothing to download): every weight is copied below.
         init: dict[str, Any] = {**self.hparams, "tasks": list(names), "encoder_weights": None}
         parameter = next(self.parameters())
-        model = MultiTaskModel(**init, loss_weighting=self.loss_weighting.subset(names))
+        model = type(self)(**init, loss_weighting=self.loss_weighting.subset(names))
         model.to(device=parameter.device, dtype=parameter.dtype)
         model.encoder.load_state_dict(self.encoder.state_dict())
         for task in names:
@@ -197,11 +209,40 @@ class MultiTaskModel(LightningModule):
         # The paper's headline figure: the unweighted sum of the task losses.
         self.log(f"{stage}/loss", torch.stack(list(losses.values())).sum(), batch_size=size, prog_bar=True)
 
+    def sgd_settings(self) -> SGDSettings:
+        """The SGD of central training; :class:`CentralModel` takes them as options."""
+        return REFERENCE_SGD
+
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        sgd = self.sgd_settings()
+        optimizer = torch.optim.SGD(self.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(1.0 - step / total, 0.0) ** hp.poly_power
+            optimizer, lambda step: max(1.0 - step / total, 0.0) ** sgd.poly_power
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class CentralModel(MultiTaskModel):
+    """:class:`MultiTaskModel` with the SGD settings of central training (``lightning.Trainer`` calls
+    ``configure_optimizers``) as options. They live here, not on MultiTaskModel, because ``fit`` never reads
+    them: its clients' optimiser is ``--optimizer`` and its schedule ``--engine.lr_decay``/``poly_power``.
+
+    Args:
+        tasks: task set: letters (``"sdnkt"``), ``"all"`` or a list of letters/names.
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        poly_power: the learning rate decays as ``lr * (1 - step / total_steps) ** poly_power``.
+        **model: the architecture options of :class:`MultiTaskModel` (``preset``, ``loss_weighting``, ...).
+    """
+
+    def __init__(self, tasks: str | list[str], *, lr: float = REFERENCE_SGD.lr,
+                 momentum: float = REFERENCE_SGD.momentum, weight_decay: float = REFERENCE_SGD.weight_decay,
+                 poly_power: float = REFERENCE_SGD.poly_power, **model: Any) -> None:
+        settings = SGDSettings(lr, momentum, weight_decay, poly_power)  # checked before the model is built
+        super().__init__(tasks, **model)
+        self._sgd = settings
+
+    def sgd_settings(self) -> SGDSettings:
+        return self._sgd
