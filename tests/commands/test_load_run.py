@@ -153,6 +153,7 @@ def test_export_loads_into_a_fresh_model_and_into_lightning(runs: dict[str, Path
     for task in run.tasks:
         path = tmp_path / "export" / index["serving"][task]
         checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["mas_lightning"]["model_class"] == "mas_lightning.model.multitask.MultiTaskModel"
         fresh = MultiTaskModel(**checkpoint["hyper_parameters"])
         fresh.load_state_dict(checkpoint["state_dict"])  # strict: every key, no extra
         fresh.eval()

@@ -90,6 +90,7 @@ def checkpoint(run: FinishedRun, key: str) -> dict[str, Any]:
         "mas_lightning": {
             "run": str(run.path),
             "group": key,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",  # whose (**hyper_parameters)
             "serves": letters(t for t in run.tasks if run.serving[t] == key),
             "stage": run.stages[key],
             "test_loss": {t: run.summary["test_loss"][t] for t in run.tasks if run.serving[t] == key},
