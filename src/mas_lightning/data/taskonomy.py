@@ -8,7 +8,9 @@ What the on-disk data looks like (facts gathered from public sources, no code ta
   the pixel value 127"; ``segment_semantic`` has 18 labels, "0" uncertain (to be masked out of the loss),
   "1" background, the rest 16 COCO classes, so ids are already 0..17 and need no remapping. Official
   *tiny* split: 25 train, 5 val (collierville, corozal, darden, markleeville, wiconisco), 5 test (ihlen,
-  mcdade, muleshoe, noxapater, uvalda) buildings; the same split ships with omnidata's dataloader.
+  mcdade, muleshoe, noxapater, uvalda) buildings; the same split ships with omnidata's dataloader. The
+  building lists are presets chosen by name (``train_buildings: tiny``), see
+  :mod:`mas_lightning.data.taskonomy_splits` for their sources.
 - Files are ``point_<p>_view_<v>_domain_<domain>.png``. Tarballs of the original release (used by EasyFL's
   MAS application) extract to ``<root>/<domain>/<building>/``, and segmentation files there are named
   ``..._domain_segmentsemantic.png`` (EasyFL ships a script renaming them to ``segment_semantic``; both
@@ -24,6 +26,8 @@ What the on-disk data looks like (facts gathered from public sources, no code ta
   (0.1373, 0.0359). It resizes every label bilinearly (blending segmentation ids) and silently reuses the
   previous sample's label when a file is missing or unreadable; this reader raises instead, and its file
   check (:mod:`mas_lightning.data.taskonomy_check`) lists every bad file before training starts.
+  ``normalization="mas_reference"`` decodes targets that way (table in
+  :mod:`mas_lightning.data.taskonomy_decode`), so that total test losses can be set beside the paper's.
 """
 
 from __future__ import annotations
@@ -39,15 +43,23 @@ from torch.utils.data import Dataset
 
 from mas_lightning.data.base import DataSource, FederatedData, Sample
 from mas_lightning.data.taskonomy_check import AUTO_CHECK_MAX_FILES, CheckReport, check_buildings
-from mas_lightning.data.taskonomy_decode import decode, read_png, resize_mask, valid_pixels
+from mas_lightning.data.taskonomy_decode import (
+    NORMALIZATIONS,
+    Normalization,
+    decode,
+    read_png,
+    resize_mask,
+    valid_pixels,
+)
 from mas_lightning.data.taskonomy_index import BuildingViews, Layout, domain_of, index_building, require_complete
+from mas_lightning.data.taskonomy_splits import OMNIDATA_SKIPPED, PRESETS, TINY_TEST, TINY_VAL, resolve_buildings
 from mas_lightning.errors import ConfigError
 from mas_lightning.tasks import TASKS, parse_tasks
 
 log = logging.getLogger(__name__)
 
-TINY_VAL_BUILDINGS: tuple[str, ...] = ("collierville", "corozal", "darden", "markleeville", "wiconisco")
-TINY_TEST_BUILDINGS: tuple[str, ...] = ("ihlen", "mcdade", "muleshoe", "noxapater", "uvalda")
+TINY_VAL_BUILDINGS: tuple[str, ...] = TINY_VAL
+TINY_TEST_BUILDINGS: tuple[str, ...] = TINY_TEST
 MASK_DOMAIN = "mask_valid"
 
 
@@ -59,15 +71,22 @@ class TaskonomyImages(Dataset):
         tasks: task names whose targets the samples carry.
         resolution: output side length.
         mask_from: domains whose validity is ANDed into the mask; empty gives an all-true mask.
+        normalization: how targets are decoded (see :func:`~mas_lightning.data.taskonomy_decode.decode`).
     """
 
     def __init__(
-        self, buildings: Sequence[BuildingViews], tasks: Sequence[str], resolution: int, mask_from: Sequence[str]
+        self,
+        buildings: Sequence[BuildingViews],
+        tasks: Sequence[str],
+        resolution: int,
+        mask_from: Sequence[str],
+        normalization: Normalization = "taskonomy",
     ) -> None:
         self.buildings = list(buildings)
         self.tasks = tuple(tasks)
         self.resolution = resolution
         self.mask_from = tuple(mask_from)
+        self.normalization = normalization
         self.domains = tuple(dict.fromkeys(["rgb", *(domain_of(t) for t in self.tasks), *self.mask_from]))
         self._ends = [0]
         for building in self.buildings:
@@ -98,12 +117,14 @@ class TaskonomyImages(Dataset):
         sample: Sample = {"rgb": decode("rgb", arrays["rgb"], res, paths["rgb"])}
         mask = torch.ones(1, res, res, dtype=torch.bool)
         for domain in self.mask_from:
-            mask &= resize_mask(valid_pixels(domain, arrays[domain]), res)
+            mask &= resize_mask(valid_pixels(domain, arrays[domain], self.normalization), res)
         sample["mask"] = mask
         for task in self.tasks:
             domain = domain_of(task)
             sample[task] = (
-                sample["rgb"].clone() if task == "autoencoder" else decode(domain, arrays[domain], res, paths[domain])
+                sample["rgb"].clone()
+                if task == "autoencoder"
+                else decode(domain, arrays[domain], res, paths[domain], self.normalization)
             )
         return sample
 
@@ -124,11 +145,20 @@ def _check_building_lists(lists: dict[str, Sequence[str]]) -> None:
 class Taskonomy(DataSource):
     """Taskonomy as downloaded (original tarballs or the omnidata tool): each training building is a client.
 
+    Each building list is a list of names or the name of a preset
+    (:mod:`~mas_lightning.data.taskonomy_splits`): ``tiny`` (the official tiny split: 25 train, 5 val, 5 test
+    buildings) for all three, ``mas_reference`` (the MAS authors' 32 clients) for ``train_buildings``.
+
     Args:
         root: folder holding one folder per domain (``rgb``, ``depth_zbuffer``, ...).
         train_buildings: the clients; None takes every building found under ``rgb`` that is not val or test.
         val_buildings: server-side validation buildings (default: the official tiny val split).
         test_buildings: server-side test buildings (default: the official tiny test split).
+        normalization: how targets are scaled. "taskonomy" (default): the Taskonomy authors' decoding into
+            the [0, 1] convention of :mod:`mas_lightning.data.base`, which the flip augmentation, the depth and
+            normal metrics (metres, degrees) and the mini-Taskonomy source share. "mas_reference": the MAS
+            reference loader's standardisation (table in :mod:`~mas_lightning.data.taskonomy_decode`), to set
+            total test losses beside the paper's; the depth metrics are then not in metres.
         resolution: side length images and labels are resized to.
         max_images_per_building: keep only the first N views (sorted by point, view) of each building.
         drop_incomplete: leave out views lacking a requested label instead of raising.
@@ -141,9 +171,10 @@ class Taskonomy(DataSource):
     def __init__(
         self,
         root: str | Path,
-        train_buildings: Sequence[str] | None = None,
-        val_buildings: Sequence[str] = TINY_VAL_BUILDINGS,
-        test_buildings: Sequence[str] = TINY_TEST_BUILDINGS,
+        train_buildings: Sequence[str] | str | None = None,
+        val_buildings: Sequence[str] | str = "tiny",
+        test_buildings: Sequence[str] | str = "tiny",
+        normalization: Literal["taskonomy", "mas_reference"] = "taskonomy",
         resolution: int = 256,
         max_images_per_building: int | None = None,
         drop_incomplete: bool = False,
@@ -151,6 +182,18 @@ class Taskonomy(DataSource):
     ) -> None:
         if check not in ("auto", "full", "off"):
             raise ValueError(f"check must be 'auto', 'full' or 'off', got {check!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(
+                f"normalization: {normalization!r} is not accepted; use one of {', '.join(NORMALIZATIONS)}"
+            )
+        self.presets = {  # option -> preset name, for the messages
+            option: value for option, value in (("train_buildings", train_buildings),
+            ("val_buildings", val_buildings), ("test_buildings", test_buildings)) if isinstance(value, str)
+        }  # fmt: skip
+        if train_buildings is not None:
+            train_buildings = resolve_buildings("train_buildings", train_buildings)
+        val_buildings = resolve_buildings("val_buildings", val_buildings)
+        test_buildings = resolve_buildings("test_buildings", test_buildings)
         if resolution < 1:
             raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
         if max_images_per_building is not None and max_images_per_building < 1:
@@ -172,6 +215,7 @@ class Taskonomy(DataSource):
         self.max_images_per_building = max_images_per_building
         self.drop_incomplete = drop_incomplete
         self.check = check
+        self.normalization: Normalization = normalization
 
     def setup(self, tasks: Sequence[str]) -> FederatedData:
         """Index the buildings (one directory listing per building and domain), check files, build the datasets.
@@ -203,8 +247,15 @@ class Taskonomy(DataSource):
             for building in views:
                 require_complete(building)
 
+        if self.normalization == "mas_reference" and "depth_zbuffer" in names:
+            log.warning(
+                "Taskonomy normalization mas_reference: depth targets are (raw - 1500) / 1000, so the depth "
+                "metrics abs_rel, rmse and delta_1_25 (which decode the log encoding) are not in metres; "
+                "compare losses only"
+            )
+
         def dataset(buildings: list[BuildingViews]) -> TaskonomyImages:
-            return TaskonomyImages(buildings, names, self.resolution, mask_from)
+            return TaskonomyImages(buildings, names, self.resolution, mask_from, self.normalization)
 
         return FederatedData(
             clients=[dataset([b]) for b in splits["train"]],
@@ -233,12 +284,22 @@ class Taskonomy(DataSource):
         train = self.train_buildings or [b for b in found if b not in held_out]
         absent = [b for b in [*train, *self.val_buildings, *self.test_buildings] if b not in found]
         if absent:
+            named = [f"{option}: {preset}" for option, preset in self.presets.items()
+                     if set(absent) & set(PRESETS[option][preset])]  # fmt: skip
+            skipped = [b for b in absent if b in OMNIDATA_SKIPPED]
+            hint = f" (named by the preset{'s' * (len(named) > 1)} {', '.join(named)})" if named else ""
+            if skipped and self.presets.get("train_buildings") is not None:
+                hint += (
+                    f"; the omnidata download tool does not download {', '.join(skipped)}: set train_buildings "
+                    "to null (every building found that is not val or test) or to a list without it"
+                )
             raise FileNotFoundError(
-                f"buildings {absent} are listed but have no folder under {layout.domain_dir('rgb')}; found {found}"
+                f"buildings {absent} are listed but have no folder under {layout.domain_dir('rgb')}{hint}; "
+                f"found {found}"
             )
         if not train:
             raise ValueError(f"no training building left: every building found {found} is in val or test")
-        mask_from = self._mask_sources(layout, names)
+        mask_from = self._mask_sources(layout, names, self.normalization)
         domains = list(dict.fromkeys(["rgb", *(domain_of(t) for t in names), *mask_from]))
         for domain in domains:
             if not layout.domain_dir(domain).is_dir():
@@ -255,13 +316,23 @@ class Taskonomy(DataSource):
         return splits, domains, mask_from
 
     @staticmethod
-    def _mask_sources(layout: Layout, tasks: Sequence[str]) -> list[str]:
-        """Domains the validity mask is read from: mask_valid when shipped, depth when loaded or needed."""
+    def _mask_sources(layout: Layout, tasks: Sequence[str], normalization: Normalization = "taskonomy") -> list[str]:
+        """Domains the validity mask is read from: mask_valid when shipped, depth when loaded or needed.
+
+        Under ``mas_reference`` depth alone (valid below 16 m), as the MAS reference loader decides it.
+        """
         masked = [t for t in tasks if TASKS[t].masked]
         if not masked:
             return []  # nothing reads the mask: skip the extra file per sample
         has_mask = layout.domain_dir(MASK_DOMAIN).is_dir()
         has_depth = layout.domain_dir("depth_zbuffer").is_dir()
+        if normalization == "mas_reference":
+            if not has_depth:
+                raise FileNotFoundError(
+                    f"tasks {masked} are masked by valid depth, and normalization mas_reference reads it from "
+                    f"depth_zbuffer, but {layout.domain_dir('depth_zbuffer')} does not exist; download depth_zbuffer"
+                )
+            return ["depth_zbuffer"]
         if not has_mask and not has_depth:
             raise FileNotFoundError(
                 f"tasks {masked} are masked by valid depth, but neither {layout.domain_dir('depth_zbuffer')} "

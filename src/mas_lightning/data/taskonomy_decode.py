@@ -19,6 +19,28 @@ edge_occlusion     16-bit grey           clip(raw / 65535 / 0.00625, 0, 1)
 mask_valid         any grey (omnidata)   nonzero = valid
 ================== ===================== =====================================================================
 
+With ``normalization="mas_reference"`` the targets are standardised as the MAS reference loader does
+(Standley's ``taskonomy_loader.py``, reused by EasyFL; ``raw`` is the stored integer, ``v`` = value / 255):
+
+================== ======================================================================================
+domain             mas_reference target
+================== ======================================================================================
+depth_zbuffer      (raw - 1500) / 1000; valid only where raw < 8192 (16 m), not merely raw != 65535
+normal             2 v - 1 (the unit normal n) **plus 0.5**: n + 1/2 (see below)
+reshading          (mean of the colour channels of v - 0.4962) / 0.2846
+principal_curvature channel 0 (v - 0.5175) / 0.1373, channel 1 (v - 0.4987) / 0.0359
+keypoints2d        (raw - 50) / 100, not clipped
+edge_texture       (raw - 718) / 1070, not clipped
+edge_occlusion     (raw - 56.0248) / 239.1265, not clipped
+rgb, segment_semantic as above (the reference reads them the same way)
+================== ======================================================================================
+
+The normal is the one exception, shifted by the constant 0.5 on every channel: an L1 loss cannot tell a
+constant shift of target and prediction apart, so the loss equals the reference's, while the flip of
+:func:`mas_lightning.data.base.hflip` (x -> 1 - x) and the angle metric (which normalises 2 x - 1) stay exact.
+No such shift exists for depth: under ``mas_reference`` the depth metrics of :mod:`mas_lightning.model.metrics`
+(abs_rel, rmse, delta_1_25), which decode the log encoding, are not in metres; compare losses only.
+
 Continuous targets are resized with antialiased bilinear filtering in their linear space (depth in metres,
 before the log), segmentation with nearest neighbour. The validity mask is resized conservatively: a
 resized pixel is valid only if every source pixel that contributes to it is valid, so that the blend of a
@@ -29,6 +51,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +61,9 @@ from torch import Tensor
 
 from mas_lightning.tasks import TASKS
 
+Normalization = Literal["taskonomy", "mas_reference"]
+NORMALIZATIONS: tuple[str, ...] = ("taskonomy", "mas_reference")
+
 DEPTH_INVALID = 65535
 """Raw z-buffer value of "no surface within 128 m" (the largest 16-bit value)."""
 LOG_DEPTH_NORMALISER = math.log(65536.0)
@@ -45,6 +71,20 @@ CURVATURE_ZERO = 127.0
 SATURATION: dict[str, float] = {"keypoints2d": 0.005, "edge_texture": 0.08, "edge_occlusion": 0.00625}
 """Fraction of the 16-bit range mapped to 1 (the Taskonomy authors' ``current_scale`` upper bounds)."""
 NUM_SEGMENT_CLASSES = TASKS["segment_semantic"].channels
+MAS_DEPTH_LIMIT = 8192
+"""The MAS reference counts a depth pixel as valid below 2 ** 13 raw units (16 m)."""
+MAS_STANDARDISE: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "depth_zbuffer": ((1500.0,), (1000.0,)),
+    "keypoints2d": ((50.0,), (100.0,)),
+    "edge_texture": ((718.0,), (1070.0,)),
+    "edge_occlusion": ((56.0248,), (239.1265,)),
+    "reshading": ((0.4962,), (0.2846,)),
+    "principal_curvature": ((0.5175, 0.4987), (0.1373, 0.0359)),
+}
+"""Domain -> (per-channel mean, per-channel std) of the MAS reference loader: raw 16-bit units for depth,
+keypoints and edges, value / 255 for reshading (channel mean) and curvature (first two channels)."""
+MAS_NORMAL_SHIFT = 0.5
+"""Added to the reference's normal 2 v - 1 so that hflip and the angle metric stay exact (see above)."""
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 _COLOUR = ("RGB", "RGBA")
@@ -129,7 +169,9 @@ def _channels_first(array: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)).astype(np.float32))
 
 
-def decode(domain: str, array: np.ndarray, resolution: int, path: Path) -> Tensor:
+def decode(
+    domain: str, array: np.ndarray, resolution: int, path: Path, normalization: Normalization = "taskonomy"
+) -> Tensor:
     """Turn a stored label array (from :func:`read_png`) into its target at ``resolution``.
 
     Args:
@@ -137,7 +179,13 @@ def decode(domain: str, array: np.ndarray, resolution: int, path: Path) -> Tenso
         array: H x W x C integers as stored.
         resolution: output side length.
         path: the file the array came from, for error messages.
+        normalization: "taskonomy" (the :mod:`~mas_lightning.data.base` convention) or "mas_reference" (the
+            MAS reference loader's standardisation, tabled in this module's docstring).
     """
+    if normalization == "mas_reference" and domain in (*MAS_STANDARDISE, "normal"):
+        return _decode_mas_reference(domain, array, resolution)
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
     if domain in ("rgb", "normal"):
         return _resize(_channels_first(array[..., :3]) / 255.0, resolution).clamp_(0.0, 1.0)
     if domain == "reshading":  # grey shading, stored as grey or as three equal channels
@@ -159,10 +207,32 @@ def decode(domain: str, array: np.ndarray, resolution: int, path: Path) -> Tenso
     raise ValueError(f"no decoder for domain {domain!r}; known: {', '.join(EXPECTED)}")
 
 
-def valid_pixels(domain: str, array: np.ndarray) -> Tensor:
-    """Full-resolution 1 x H x W bool validity from a depth (not the maximum) or a ``mask_valid`` file."""
+def _decode_mas_reference(domain: str, array: np.ndarray, resolution: int) -> Tensor:
+    """The MAS reference loader's target (plus the normal's shift), resized in the stored units first."""
+    if domain == "normal":
+        v = _resize(_channels_first(array[..., :3]) / 255.0, resolution)
+        return 2.0 * v - 1.0 + MAS_NORMAL_SHIFT
+    if domain == "reshading":
+        x = _resize(_channels_first(array[..., :3]).mean(dim=0, keepdim=True) / 255.0, resolution)
+    elif domain == "principal_curvature":
+        x = _resize(_channels_first(array[..., :2]) / 255.0, resolution)
+    else:  # 16-bit depth, keypoints, edges: raw units
+        x = _resize(_channels_first(array[..., :1]), resolution)
+    mean, std = (torch.tensor(values).view(-1, 1, 1) for values in MAS_STANDARDISE[domain])
+    return (x - mean) / std
+
+
+def valid_pixels(domain: str, array: np.ndarray, normalization: Normalization = "taskonomy") -> Tensor:
+    """Full-resolution 1 x H x W bool validity from a depth or a ``mask_valid`` file.
+
+    A depth pixel is valid when it is not the maximum (65535, no surface within 128 m); under
+    ``mas_reference`` when it is below 8192 (16 m), as in the MAS reference loader.
+    """
     if domain == "depth_zbuffer":
-        return torch.from_numpy(array[..., 0] != DEPTH_INVALID)[None]
+        raw = array[..., 0]
+        return torch.from_numpy(raw < MAS_DEPTH_LIMIT if normalization == "mas_reference" else raw != DEPTH_INVALID)[
+            None
+        ]
     if domain == "mask_valid":
         return torch.from_numpy(array[..., 0] != 0)[None]
     raise ValueError(f"no validity can be read from domain {domain!r}; use depth_zbuffer or mask_valid")
