@@ -12,8 +12,11 @@ import torch
 from data.taskonomy_fixture import DOMAINS, TWO_METRES, label_path, sorted_views, write_png, write_taskonomy
 from PIL import Image
 
-from mas_lightning.data.base import make_loader
+from mas_lightning.cli import main
+from mas_lightning.data.base import hflip, make_loader
 from mas_lightning.data.taskonomy import TINY_TEST_BUILDINGS, TINY_VAL_BUILDINGS, Taskonomy
+from mas_lightning.errors import ConfigError
+from mas_lightning.model.metrics import normal_angles
 from mas_lightning.tasks import TASK_NAMES
 
 SIZE = 8
@@ -228,3 +231,230 @@ def test_bad_settings_are_rejected_with_the_value() -> None:
         Taskonomy("x", val_buildings=[])
     with pytest.raises(ValueError, match="twice in test_buildings"):
         Taskonomy("x", test_buildings=["a", "a"])
+
+
+# --- building presets: the official tiny split and the MAS authors' clients, chosen by name ---
+
+TINY_SPLIT_CSV = """id,train,val,test
+hanson,1,0,0
+merom,1,0,0
+klickitat,1,0,0
+onaga,1,0,0
+leonardo,1,0,0
+marstons,1,0,0
+newfields,1,0,0
+pinesdale,1,0,0
+lakeville,1,0,0
+cosmos,1,0,0
+benevolence,1,0,0
+pomaria,1,0,0
+tolstoy,1,0,0
+shelbyville,1,0,0
+allensville,1,0,0
+wainscott,1,0,0
+beechwood,1,0,0
+coffeen,1,0,0
+stockman,1,0,0
+hiteman,1,0,0
+woodbine,1,0,0
+lindenwood,1,0,0
+forkland,1,0,0
+mifflinburg,1,0,0
+ranchester,1,0,0
+wiconisco,0,1,0
+corozal,0,1,0
+collierville,0,1,0
+markleeville,0,1,0
+darden,0,1,0
+ihlen,0,0,1
+muleshoe,0,0,1
+uvalda,0,0,1
+noxapater,0,0,1
+mcdade,0,0,1
+"""
+"""The published tiny split file, rows as in omnidata-tools' train_val_test_tiny.csv (not sorted)."""
+MAS_CLIENTS_TXT = """
+allensville
+beechwood
+benevolence
+coffeen
+collierville
+corozal
+cosmos
+darden
+forkland
+hanson
+hiteman
+ihlen
+klickitat
+lakeville
+leonardo
+lindenwood
+markleeville
+marstons
+mcdade
+merom
+mifflinburg
+muleshoe
+newfields
+noxapater
+onaga
+pinesdale
+pomaria
+ranchester
+shelbyville
+stockman
+tolstoy
+uvalda
+""".strip().splitlines()
+"""The MAS authors' clients (EasyFL applications/mas/clients.txt)."""
+
+
+def split_file_buildings() -> dict[str, list[str]]:
+    rows = [line.split(",") for line in TINY_SPLIT_CSV.strip().splitlines()[1:]]
+    return {split: [row[0] for row in rows if row[1 + i] == "1"] for i, split in enumerate(("train", "val", "test"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One view per building of the tiny split file, plus a building outside it; rgb and segmentation only."""
+    root = tmp_path_factory.mktemp("tiny")
+    names = [name for names in split_file_buildings().values() for name in names]
+    write_taskonomy(root, dict.fromkeys([*names, "outsider"], 1), size=4, domains=("rgb", "segment_semantic"))
+    return root
+
+
+def server_buildings(dataset: object) -> list[str]:
+    return [building.name for building in dataset.buildings]  # type: ignore[attr-defined]
+
+
+def test_tiny_preset_is_the_published_split_and_the_default_for_val_and_test(tiny_tree: Path) -> None:
+    split = split_file_buildings()
+    assert [len(split[s]) for s in ("train", "val", "test")] == [25, 5, 5]
+    data = Taskonomy(tiny_tree, "tiny", resolution=4, check="off").setup("s")
+    assert data.client_names == sorted(split["train"]) and "outsider" not in data.client_names
+    assert server_buildings(data.val) == sorted(split["val"]) and server_buildings(data.test) == sorted(split["test"])
+    named = Taskonomy(tiny_tree, "tiny", val_buildings="tiny", test_buildings="tiny", resolution=4, check="off")
+    assert (named.train_buildings, named.val_buildings, named.test_buildings) == (
+        sorted(split["train"]), sorted(split["val"]), sorted(split["test"])
+    )  # fmt: skip
+    # No train list: every building found that is not val or test, the outsider included.
+    found = Taskonomy(tiny_tree, resolution=4, check="off").setup("s")
+    assert found.client_names == sorted([*split["train"], "outsider"])
+
+
+def test_mas_reference_preset_is_the_authors_32_clients(tiny_tree: Path) -> None:
+    source = Taskonomy(tiny_tree, "mas_reference", ["wiconisco"], ["wainscott"], resolution=4, check="off")
+    data = source.setup("s")
+    assert len(MAS_CLIENTS_TXT) == 32 and data.client_names == MAS_CLIENTS_TXT
+    # The authors' clients hold 9 of the 10 official val/test buildings: with the tiny val/test it is refused.
+    with pytest.raises(ValueError, match="'collierville' is listed in both train_buildings and val_buildings"):
+        Taskonomy(tiny_tree, "mas_reference")
+
+
+def test_a_preset_building_missing_on_disk_is_named_with_the_preset(tmp_path: Path) -> None:
+    split = split_file_buildings()
+    present = [b for names in split.values() for b in names if b != "woodbine"]  # as the omnidata tool downloads
+    write_taskonomy(tmp_path, dict.fromkeys(present, 1), size=4, domains=("rgb", "segment_semantic"))
+    with pytest.raises(FileNotFoundError) as error:
+        Taskonomy(tmp_path, "tiny", check="off").setup("s")
+    message = str(error.value)
+    assert "['woodbine']" in message and "preset train_buildings: tiny" in message
+    assert "omnidata download tool does not download woodbine" in message and "\n" not in message
+    assert Taskonomy(tmp_path, resolution=4, check="off").setup("s").client_names == sorted(
+        b for b in split["train"] if b != "woodbine"
+    )
+
+
+def test_an_unknown_preset_is_a_one_line_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=r"^train_buildings: no preset named 'medium'; accepted preset names: "
+                       r"'tiny', 'mas_reference', or a list") as error:  # fmt: skip
+        Taskonomy("x", "medium")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"val_buildings: no preset named 'mas_reference'; accepted preset names: "
+                       r"'tiny', or"):  # fmt: skip
+        Taskonomy("x", val_buildings="mas_reference")
+    config = tmp_path / "fit.yaml"
+    config.write_text(
+        "data:\n  class_path: mas_lightning.data.Taskonomy\n  init_args:\n    root: /nowhere\n"
+        "    train_buildings: tinny\ntasks: s\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-data", "-c", str(config)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: invalid configuration for 'check-data': train_buildings: no preset named 'tinny'; accepted "
+        "preset names: 'tiny', 'mas_reference', or a list of building names (e.g. [tinny] for one building)"
+    ]
+
+
+# --- normalization: the Taskonomy authors' decoding (default) or the MAS reference loader's standardisation ---
+
+
+def test_mas_reference_normalization_follows_the_reference_formulas(flat: tuple[Path, dict]) -> None:
+    root, written = flat
+    tasks = ("depth_zbuffer", "normal", "keypoints2d", "edge_texture", "edge_occlusion", "reshading",
+             "principal_curvature", "segment_semantic", "autoencoder")  # fmt: skip
+    ours = Taskonomy(root, **SPLIT, resolution=SIZE).setup(tasks).clients[0][0]
+    mas = Taskonomy(root, **SPLIT, resolution=SIZE, normalization="mas_reference").setup(tasks).clients[0][0]
+    raw = written["alpha"][sorted_views(3)[0]]
+    y, x = 2, 5  # one pixel, normalised by hand below
+    depth = float(raw["depth_zbuffer"][y, x])
+    assert ours["depth_zbuffer"][0, y, x].item() == pytest.approx(math.log(depth + 1) / math.log(65536), abs=1e-6)
+    assert mas["depth_zbuffer"][0, y, x].item() == pytest.approx((depth - 1500) / 1000, abs=1e-5)
+    for task, saturation, mean, std in (
+        ("keypoints2d", 0.005, 50.0, 100.0),
+        ("edge_texture", 0.08, 718.0, 1070.0),
+        ("edge_occlusion", 0.00625, 56.0248, 239.1265),
+    ):
+        value = float(raw[task][y, x])
+        assert ours[task][0, y, x].item() == pytest.approx(min(value / 65535 / saturation, 1.0), abs=1e-6), task
+        assert mas[task][0, y, x].item() == pytest.approx((value - mean) / std, abs=1e-5), task
+        assert mas[task].max() > 1  # not clipped: the fixture's values reach 8000 raw units
+    r, g, b = (float(c) for c in raw["reshading"][y, x])
+    assert ours["reshading"][0, y, x].item() == pytest.approx((r + g + b) / 3 / 255, abs=1e-6)
+    assert mas["reshading"][0, y, x].item() == pytest.approx(((r + g + b) / 3 / 255 - 0.4962) / 0.2846, abs=1e-5)
+    k1, k2 = (float(c) for c in raw["principal_curvature"][y, x, :2])
+    assert ours["principal_curvature"][:, y, x].tolist() == pytest.approx([(k1 - 127) / 127, (k2 - 127) / 127])
+    assert mas["principal_curvature"][:, y, x].tolist() == pytest.approx(
+        [(k1 / 255 - 0.5175) / 0.1373, (k2 / 255 - 0.4987) / 0.0359], abs=1e-5
+    )
+    n = [float(c) for c in raw["normal"][y, x]]
+    assert ours["normal"][:, y, x].tolist() == pytest.approx([c / 255 for c in n])
+    # The reference's 2 v - 1, shifted by 0.5 (an L1 loss does not see a constant shift).
+    assert mas["normal"][:, y, x].tolist() == pytest.approx([2 * c / 255 - 1 + 0.5 for c in n], abs=1e-6)
+    for task in ("segment_semantic", "autoencoder", "rgb"):  # read the same way by both
+        assert torch.equal(ours[task], mas[task]), task
+    # Valid depth: below 65535 for the Taskonomy decoding, below 8192 (16 m) for the reference.
+    depth_raw = torch.from_numpy(raw["depth_zbuffer"].astype(np.int64))
+    assert torch.equal(ours["mask"][0], depth_raw != 65535) and torch.equal(mas["mask"][0], depth_raw < 8192)
+    assert 0 < int(mas["mask"].sum()) < int(ours["mask"].sum())
+
+
+def test_mas_reference_normals_flip_and_measure_angles_exactly(flat: tuple[Path, dict]) -> None:
+    root, _ = flat
+    ours = Taskonomy(root, **SPLIT, resolution=SIZE).setup("n").clients[1]
+    mas = Taskonomy(root, **SPLIT, resolution=SIZE, normalization="mas_reference").setup("n").clients[1]
+    batch_ours = next(iter(make_loader(ours, batch_size=2)))
+    batch_mas = next(iter(make_loader(mas, batch_size=2)))
+    # Both encode the same directions: the angle metric reads 0 degrees between them.
+    assert float(normal_angles(batch_mas["normal"], batch_ours["normal"]).max()) < 0.05
+    flipped = hflip(batch_mas)["normal"]
+    unit = batch_mas["normal"] - 0.5  # the reference's unit normal n
+    mirrored = torch.cat([-unit[:, :1], unit[:, 1:]], dim=1).flip(-1) + 0.5  # n_x -> -n_x, image mirrored
+    assert torch.allclose(flipped, mirrored, atol=1e-6)
+
+
+def test_unknown_normalization_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="normalization: 'standard' is not accepted; use one of taskonomy, "
+                       "mas_reference"):  # fmt: skip
+        Taskonomy("x", normalization="standard")  # type: ignore[arg-type]
+
+
+def test_mas_reference_masks_from_depth_and_needs_it(tmp_path: Path) -> None:
+    flat_root = tmp_path / "no_depth"
+    write_taskonomy(flat_root, {"a": 1, "vb": 1, "tb": 1}, size=SIZE, nested=True,
+                    domains=("rgb", "normal", "mask_valid"))  # fmt: skip
+    assert Taskonomy(flat_root, **SPLIT, resolution=SIZE).setup("n").client_sizes == [1]  # mask_valid suffices
+    with pytest.raises(FileNotFoundError, match="normalization mas_reference reads it from depth_zbuffer"):
+        Taskonomy(flat_root, **SPLIT, normalization="mas_reference").setup("n")
