@@ -16,6 +16,12 @@ is rerun with ``--overwrite=true``. Then, from the summaries alone (rebuilt ever
     OMP_NUM_THREADS=1 python experiments/ground_truth.py -c experiments/configs/ground_truth_sdnkt.yaml \\
         --seeds 0 1 2 3 4 --out runs/ground_truth/sdnkt
 
+``--remeasure multi_step`` judges another affinity estimator on the same ground truth and seeds without
+training the subsets again: per seed, a second run trains the merged stage alone
+(``--method.init_args.subsets=false``) measuring ``exact`` beside the new estimator, into ``<out>/remeasure``;
+its exact matrix must equal the first run's bit for bit (same batches, same weights), and the new matrix
+joins that seed's affinities, so MAS on it is scored like the others.
+
 Needs the ``experiments`` extra (scipy; adjustText for the figure's labels): ``pip install -e ".[experiments]"``.
 """
 
@@ -74,6 +80,37 @@ def run_seeds(configs: list[str], seeds: list[int], out: Path, overrides: list[s
     return summaries
 
 
+def read_as_is(configs: list[str], seeds: list[int], out: Path, overrides: list[str]) -> list[dict[str, Any]]:
+    """The seeds' finished summaries, whatever the run identity says; what differs is printed, not hidden."""
+    parser = cli.build_parser(FIT_COMMAND)
+    summaries = []
+    for seed in seeds:
+        folder = out / "runs" / f"seed{seed}"
+        if not (folder / "summary.json").is_file():
+            raise SystemExit(f"--as-is: {folder / 'summary.json'} does not exist; run without --as-is first")
+        action, _ = what_to_do(folder, fit_identity(parser, fit_argv(configs, overrides, seed, out / "runs")))
+        print(f"[seed {seed}] summary read as is ({action})", flush=True)
+        summaries.append(json.loads((folder / "summary.json").read_text()))
+    return summaries
+
+
+def remeasure(configs: list[str], seeds: list[int], out: Path, overrides: list[str], estimators: list[str],
+              summaries: list[dict[str, Any]]) -> None:
+    """Measure ``estimators`` on each seed's merged stage again (merged stage only) and add them to its summary."""
+    extra = [*overrides, "--method.init_args.subsets=false",
+             f"--method.init_args.estimators=[exact, {', '.join(estimators)}]"]
+    again = run_seeds(configs, seeds, out / "remeasure", extra)
+    for seed, summary, other in zip(seeds, summaries, again):
+        merged, remeasured = summary["stages"][0], other["stages"][0]
+        same = merged["affinity"]["matrix"] == remeasured["affinity"]["matrix"]
+        if merged["affinity"]["estimator"] != "exact" or not same:
+            raise SystemExit(f"seed {seed}: the merged stage measured again differs from the ground-truth run's "
+                             "(exact affinity not identical): not the same training, refusing to mix them")
+        for key, entry in remeasured.items():
+            if key.startswith("affinity_"):
+                merged[key] = entry
+
+
 def analyse(summaries: list[dict[str, Any]], out: Path, ks: list[int]) -> dict[str, Path]:
     """Score every partition and method from the summaries; write the files and the figure."""
     runs = [SeedRun.from_summary(s) for s in summaries]
@@ -92,14 +129,22 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", type=Path, default=Path("runs/ground_truth"))
     parser.add_argument("--k", type=int, nargs="+", default=[2, 3], help="at most k groups (k >= 1)")
     parser.add_argument("--dry-run", action="store_true", help="print each seed's fit command, train nothing")
+    parser.add_argument("--as-is", action="store_true",
+                        help="read the seeds' finished summaries as they are, even if written by an older "
+                             "configuration of the code (says so per seed); train no subset")
+    parser.add_argument("--remeasure", nargs="+", default=[], metavar="ESTIMATOR",
+                        help="also judge these affinity estimators, measured again on the merged stage only")
     parser.add_argument("overrides", nargs="*", help="fit options after --, e.g. -- --rounds=12")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or any(k < 1 for k in args.k):
         parser.error(f"--seeds {args.seeds} must not repeat and --k {args.k} must be >= 1")
     started = time.perf_counter()
-    summaries = run_seeds(args.config, args.seeds, args.out, args.overrides, args.dry_run)
+    summaries = (read_as_is(args.config, args.seeds, args.out, args.overrides) if args.as_is and not args.dry_run
+                 else run_seeds(args.config, args.seeds, args.out, args.overrides, args.dry_run))
     if args.dry_run:
         return {}
+    if args.remeasure:
+        remeasure(args.config, args.seeds, args.out, args.overrides, args.remeasure, summaries)
     files = analyse(summaries, args.out, args.k)
     print(f"ground truth of {len(args.seeds)} seed(s) in {time.perf_counter() - started:.0f} s: "
           + ", ".join(str(p) for p in files.values()))

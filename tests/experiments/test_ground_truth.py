@@ -175,7 +175,7 @@ def test_script_runs_each_seed_once_and_writes_every_file(tmp_path: Path, capsys
     out = tmp_path / "gt"
     files = main(["-c", str(config), "--seeds", "0", "1", "--out", str(out)])
     first = capsys.readouterr().out
-    assert "[seed 0] (1/2) new" in first and "stage subsets/all: 7 group(s)" in first
+    assert "[seed 0] (1/2) new" in first and "stage subsets/all: groups" in first
     result = json.loads(files["json"].read_text())
     assert result["seeds"] == [0, 1] and len(result["per_seed_partitions"]) == 2 * 5  # Bell(3) per seed
     assert [len(result["rankings"][k]["partitions"]) for k in ("2", "3")] == [4, 5]
@@ -188,6 +188,19 @@ def test_script_runs_each_seed_once_and_writes_every_file(tmp_path: Path, capsys
     main(["-c", str(config), "--seeds", "0", "1", "--out", str(out)])
     again = capsys.readouterr().out
     assert "[seed 0] (1/2) reused" in again and "[seed 1] (2/2) reused" in again and "stage " not in again
+
+    # Another estimator judged on the same ground truth: the merged stage alone, measured again.
+    files = main(["-c", str(config), "--seeds", "0", "1", "--out", str(out), "--as-is", "--remeasure", "multi_step"])
+    third = capsys.readouterr().out
+    assert "summary read as is (reuse" in third and "stage subsets/all" not in third
+    again_summary = json.loads((out / "remeasure" / "runs" / "seed1" / "summary.json").read_text())
+    assert len(again_summary["stages"]) == 1
+    assert again_summary["stages"][0]["affinity"]["matrix"] == summary["stages"][0]["affinity"]["matrix"]
+    judged = {m["method"]: m for m in json.loads(files["json"].read_text())["methods"]["2"]}
+    assert "mas-multi_step" in judged and "mas-exact" in judged
+    # Its choice is scored from the same subset losses: the first-order/exact rows are unchanged.
+    assert judged["mas-exact"]["losses"] == next(m for m in result["methods"]["2"]
+                                                 if m["method"] == "mas-exact")["losses"]
 
 
 @pytest.mark.parametrize("name", ["sdnkt", "erckt"])
