@@ -39,6 +39,7 @@ RESOLVED_CONFIG = "resolved_config"
 COMMANDS: dict[str, str] = {
     "data": "mas_lightning.commands.preview:data",
     "check-data": "mas_lightning.commands.check_data:check_data",
+    "prepare-data": "mas_lightning.commands.prepare_data:prepare_data",
     "fit": "mas_lightning.commands.fit:fit",
     "central": "mas_lightning.commands.central:central",
     "compare": "mas_lightning.commands.compare:compare",

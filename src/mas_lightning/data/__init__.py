@@ -3,5 +3,6 @@
 from mas_lightning.data.base import DataSource, FederatedData, TensorTaskDataset
 from mas_lightning.data.minitaskonomy import MiniTaskonomy
 from mas_lightning.data.taskonomy import Taskonomy
+from mas_lightning.data.taskonomy_shards import TaskonomyShards
 
-__all__ = ["DataSource", "FederatedData", "MiniTaskonomy", "Taskonomy", "TensorTaskDataset"]
+__all__ = ["DataSource", "FederatedData", "MiniTaskonomy", "Taskonomy", "TaskonomyShards", "TensorTaskDataset"]

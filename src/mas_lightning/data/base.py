@@ -147,14 +147,20 @@ def make_loader(
     samples that the default collate stacks. The index order is the plain loader's for the same generator
     (``RandomSampler`` then ``BatchSampler``, and the loader draws its base seed from the generator first),
     so either way a seeded run sees the same batches.
+
+    A dataset may carry ``loader_options`` (``num_workers``, ``pin_memory``), set by its data source (e.g.
+    :class:`~mas_lightning.data.taskonomy_shards.TaskonomyShards`): they override ``num_workers`` here.
     """
+    options = getattr(dataset, "loader_options", None) or {}
+    num_workers = options.get("num_workers", num_workers)
+    pin_memory = bool(options.get("pin_memory", False))
     if not hasattr(dataset, "batch"):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
-                          num_workers=num_workers, persistent_workers=num_workers > 0)
+                          num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(_Batches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
                       generator=generator, num_workers=num_workers, collate_fn=_keep_batched,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, pin_memory=pin_memory)
 
 
 def hflip(batch: Sample, which: Tensor | None = None) -> Sample:
