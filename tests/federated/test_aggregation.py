@@ -66,3 +66,52 @@ def test_is_finite_state_spots_nan_and_inf_only_in_float_tensors() -> None:
     assert is_finite_state({"a": torch.ones(2), "n": torch.tensor(3)})
     assert not is_finite_state({"a": torch.tensor([1.0, float("nan")])})
     assert not is_finite_state({"a": torch.tensor([float("inf")])})
+
+
+def _mixed_state(gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A model-like state: float32 weights (one non-contiguous, one 0-dim), a float16 tensor, integer buffers."""
+    return {"conv": torch.randn(4, 3, 3, 3, generator=gen), "t": torch.randn(5, 6, generator=gen).t(),
+            "scalar": torch.randn((), generator=gen), "half": torch.randn(7, generator=gen).half(),
+            "bn.num_batches_tracked": torch.randint(0, 100, (), generator=gen), "ids": torch.arange(3)}
+
+
+def test_fused_weighted_sum_is_bit_identical_to_a_per_tensor_loop() -> None:
+    gen = torch.Generator().manual_seed(1)
+    states = [_mixed_state(gen) for _ in range(6)]
+    weights = [3.0, 1.0, 7.0, 2.5, 5.0, 0.0]
+    reference = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in states[0].items()}
+    for state, weight in zip(states, weights):  # the plain per-tensor loop: float64 copy, times w, plus
+        for key, value in state.items():
+            reference[key] = reference[key] + value.to(torch.float64) * weight
+    total = WeightedSum.zeros_like(states[0])
+    for state, weight in zip(states, weights):
+        total.add(state, weight)
+    for key in reference:
+        assert torch.equal(total.sums[key], reference[key]), key
+    assert torch.equal(total.flat()[:-1], torch.cat([v.reshape(-1) for v in reference.values()]))
+    mean = total.mean(like=states[0])
+    for key, value in states[0].items():
+        expected = reference[key] / sum(weights)
+        expected = expected.round() if not value.is_floating_point() else expected
+        assert mean[key].dtype == value.dtype and torch.equal(mean[key], expected.to(value.dtype)), key
+    # Without zeros_like the first state sets the layout; the caller's tensors are never modified.
+    first = {k: v.double() for k, v in states[0].items()}
+    kept = {k: v.clone() for k, v in first.items()}
+    lazy = WeightedSum()
+    lazy.add(first, 2.0)
+    assert all(torch.equal(first[k], kept[k]) for k in first)
+    assert all(torch.equal(lazy.sums[k], kept[k] * 2.0) for k in first)
+    with pytest.raises(ValueError, match="same keys"):
+        lazy.add({"conv": torch.zeros(4, 3, 3, 3)}, 1.0)
+
+
+def test_is_finite_state_matches_a_per_tensor_check() -> None:
+    gen = torch.Generator().manual_seed(2)
+    for bad_key, bad in [(None, None), ("conv", float("nan")), ("t", float("inf")), ("half", float("-inf")),
+                         ("scalar", float("nan"))]:
+        state = _mixed_state(gen)
+        if bad_key is not None:
+            state[bad_key][(0,) * state[bad_key].dim()] = bad
+        expected = all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+        assert is_finite_state(state) == expected == (bad_key is None)
+    assert is_finite_state({"n": torch.tensor(3)}) and is_finite_state({})

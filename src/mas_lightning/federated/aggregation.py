@@ -34,51 +34,68 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
 
 
 class WeightedSum:
-    """A running sum ``sum_k w_k * state_k`` and ``sum_k w_k``, in float64."""
+    """A running sum ``sum_k w_k * state_k`` and ``sum_k w_k``, in float64, held in one flat vector.
+
+    Every key's sum is a view into one float64 vector laid out in the key order of the first state (or of
+    ``like``), so adding a client's state costs a few kernels whatever its number of tensors (a model state
+    has hundreds of small ones): one ``cat`` that converts every tensor into a reused float64 buffer, one
+    scaling and one addition. Each element sees the same ``float64(x) * w`` then ``+`` as a per-tensor loop,
+    so the sums are bit-identical to it. Every state added must have the same keys and shapes.
+    """
 
     def __init__(self) -> None:
         self.sums: State = {}
         self.weight = 0.0
+        self._flat: Tensor | None = None  # the sums, concatenated; self.sums holds views into it
+        self._buffer: Tensor | None = None  # one client's float64 contribution, reused
 
     @classmethod
     def zeros_like(cls, like: Mapping[str, Tensor]) -> WeightedSum:
         """An empty sum with every key present, so ranks without clients still all-reduce equal shapes."""
         total = cls()
-        total.sums = {k: torch.zeros(v.shape, dtype=torch.float64, device=v.device) for k, v in like.items()}
+        device = next(iter(like.values())).device if like else None
+        total._bind(torch.zeros(sum(v.numel() for v in like.values()), dtype=torch.float64, device=device), like)
         return total
+
+    def _bind(self, flat: Tensor, like: Mapping[str, Tensor]) -> None:
+        """Hold ``flat`` as the sums, one view per key of ``like`` (in its order and shapes)."""
+        self._flat, self.sums, offset = flat, {}, 0
+        for key, value in like.items():
+            n = value.numel()
+            self.sums[key] = flat[offset : offset + n].view(value.shape)
+            offset += n
 
     def add(self, state: Mapping[str, Tensor], weight: float) -> None:
         """Add one client's state with weight ``weight`` (its number of samples)."""
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
-        # copy=True: the in-place scaling below must never touch a caller's float64 tensor.
-        contributions = {k: v.detach().to(torch.float64, copy=True) for k, v in state.items()}
-        # One fused call per step instead of two ops per tensor (a model state has hundreds of small tensors);
-        # the arithmetic is the same w * x then +, so results do not change.
-        present = [k for k in contributions if k in self.sums]
-        if contributions:
-            torch._foreach_mul_(list(contributions.values()), weight)
-        if present:
-            torch._foreach_add_([self.sums[k] for k in present], [contributions[k] for k in present])
-        for key, value in contributions.items():
-            self.sums.setdefault(key, value)
+        if self._flat is None:
+            zeros = WeightedSum.zeros_like(state)
+            self._flat, self.sums = zeros._flat, zeros.sums
+        if state.keys() != self.sums.keys() or any(v.shape != state[k].shape for k, v in self.sums.items()):
+            raise ValueError("every state added to a WeightedSum needs the same keys and shapes; got keys "
+                             f"{sorted(set(state) ^ set(self.sums)) or 'with other shapes'} differing")
+        assert self._flat is not None
+        if self._buffer is None:
+            self._buffer = torch.empty_like(self._flat)
+        if self._flat.numel():
+            # cat writes straight into the float64 buffer (converting float32, float16, integer buffers alike).
+            torch.cat([state[k].detach().reshape(-1) for k in self.sums], out=self._buffer)
+            self._buffer.mul_(weight)
+            self._flat.add_(self._buffer)
         self.weight += weight
 
     def flat(self) -> Tensor:
         """All sums and the total weight in one float64 vector (one all-reduce instead of one per tensor)."""
-        parts = [v.reshape(-1) for v in self.sums.values()]
-        device = parts[0].device if parts else None
-        return torch.cat([*parts, torch.tensor([self.weight], dtype=torch.float64, device=device)])
+        device = self._flat.device if self._flat is not None else None
+        weight = torch.tensor([self.weight], dtype=torch.float64, device=device)
+        return torch.cat([self._flat, weight]) if self._flat is not None else weight
 
     def load_flat(self, flat: Tensor, like: Mapping[str, Tensor]) -> None:
         """Inverse of :meth:`flat` (after an all-reduce), shaped like ``like``."""
-        offset = 0
-        self.sums = {}
-        for key, value in like.items():
-            n = value.numel()
-            self.sums[key] = flat[offset : offset + n].view(value.shape)
-            offset += n
-        self.weight = float(flat[offset])
+        self._bind(flat[:-1], like)
+        self._buffer = None
+        self.weight = float(flat[-1])
 
     def mean(self, like: Mapping[str, Tensor]) -> State:
         """The weighted mean, cast back to the dtypes and devices of ``like``."""
@@ -148,13 +165,14 @@ def proximal_term(params: Iterable[tuple[str, Tensor]], global_params: Mapping[s
 def is_finite_state(state: Mapping[str, Tensor]) -> bool:
     """True when every floating tensor of ``state`` is free of NaN and Inf.
 
-    Runs once per client, so it costs one cheap reduction per tensor and a single host sync (not one
-    ``isfinite`` pass and one GPU sync per tensor). A float64 sum of float32/16 values cannot overflow, so it is
-    finite exactly when every value is; float64 tensors are multiplied by 0 first (NaN and Inf stay NaN).
+    Runs once per client, so it is a few kernels whatever the number of tensors: the floating tensors of
+    each dtype concatenated into one vector, one ``isfinite`` and one ``all``, one host sync per dtype (usually one).
     """
-    checks = [v.sum(dtype=torch.float64) if v.dtype != torch.float64 else (v * 0).sum()
-              for v in state.values() if v.is_floating_point()]
-    return not checks or bool(torch.isfinite(torch.stack(checks)).all())
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for value in state.values():
+        if value.is_floating_point():
+            groups.setdefault((value.dtype, value.device), []).append(value.detach().reshape(-1))
+    return all(bool(torch.isfinite(torch.cat(parts)).all()) for parts in groups.values())
 
 
 def update_norm(state: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
