@@ -1,7 +1,7 @@
 """What a run costs: wall time, summed client compute time, training FLOPs and energy.
 
 FLOPs are counted by torch's ``FlopCounterMode`` (matrix products and convolutions; elementwise work is
-not counted), once per shape, and multiplied by how often that work runs: training per sample
+not counted), once per architecture and shape, and multiplied by how often that work runs: training per sample
 (:func:`train_flops_per_sample`), anything else a callback adds per call (:func:`count_flops`, e.g. one
 affinity measurement).
 
@@ -31,8 +31,32 @@ def count_flops(work: Callable[[], Any]) -> float:
     return float(counter.get_total_flops())
 
 
+_TRAIN_FLOPS: dict[tuple[Any, ...], float] = {}
+"""Training FLOPs per sample by :func:`architecture_key`, shared by every run of the process."""
+
+
+def architecture_key(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
+    """What a model's training FLOPs per sample depend on, and not its weights: its class and structure (the
+    module tree with every layer's settings, as ``repr`` spells it, and the shapes and dtypes of its state),
+    its tasks, and the per-sample shape and dtype of each input."""
+    state = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())
+    inputs = tuple((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in sorted(batch.items()))
+    return type(model).__qualname__, repr(model), state, tuple(getattr(model, "tasks", ())), inputs
+
+
 def train_flops_per_sample(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    """FLOPs of one forward and backward pass per sample, counted by torch's flop counter."""
+    """FLOPs of one forward and backward pass per sample, counted by torch's flop counter.
+
+    Counted once per architecture and input shape (:func:`architecture_key`): a later call for the same
+    architecture (another stage, another run in this process) returns the first count without a pass.
+    """
+    key = architecture_key(model, batch)
+    if key not in _TRAIN_FLOPS:
+        _TRAIN_FLOPS[key] = _count_train_flops(model, batch)
+    return _TRAIN_FLOPS[key]
+
+
+def _count_train_flops(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
     was_training = model.training
     model.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm stats must not move

@@ -18,6 +18,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from mas_lightning.data.base import hflip, make_loader
 from mas_lightning.federated import accounting
@@ -52,6 +53,7 @@ class LocalTrainer:
         self.fabric, self.config, self.aggregator = fabric, config, aggregator
         self.model_factory, self.optimizer_factory = model_factory, optimizer_factory
         self._working: dict[tuple[str, ...], tuple[nn.Module, Optimizer, float]] = {}
+        self._loaders: dict[int, tuple[Any, DataLoader]] = {}  # id(client dataset) -> (dataset, its loader)
 
     def working(self, group: tuple[str, ...]) -> tuple[nn.Module, Optimizer, float]:
         """The reusable (model, optimiser, base lr) of a group on this device, built on first use."""
@@ -118,11 +120,34 @@ class LocalTrainer:
         sums = dict(zip(group, loss_sums.tolist(), strict=True))  # one device sync per client, inside the timing
         return ClientUpdate(model=model, seconds=time.perf_counter() - started, samples=samples, loss_sums=sums)
 
+    def _loader(self, dataset: Any, gen: torch.Generator) -> DataLoader:
+        """The client's shuffled loader drawing from ``gen``: built once per client dataset and reseeded.
+
+        A reused loader given the generator ``gen`` yields exactly the batches of a new ``make_loader`` with
+        ``gen`` (the sampler and the loader's base seed both draw from it, in the same order). Loaders with
+        worker processes are built anew each time: their persistent workers draw their seed only once.
+        """
+        cached = self._loaders.get(id(dataset))
+        if cached is not None and cached[0] is dataset:
+            loader = cached[1]
+            loader.generator = gen
+            sampler = loader.sampler
+            sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
+            sampler.generator = gen  # type: ignore[attr-defined]
+            return loader
+        size = len(dataset)
+        loader = make_loader(dataset, self.config.batch_size, shuffle=True, generator=gen,
+                             drop_last=size >= self.config.batch_size)
+        sampler = loader.sampler
+        sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
+        if loader.num_workers == 0 and isinstance(sampler, RandomSampler) and sampler.generator is gen:
+            self._loaders[id(dataset)] = (dataset, loader)
+        return loader
+
     def _batches(self, dataset: Any, gen: torch.Generator) -> Iterator[dict[str, Tensor]]:
         """A client's local batches: shuffled epochs (or a fixed number of steps), optionally flipped."""
         cfg = self.config
-        size = len(dataset)
-        loader = make_loader(dataset, cfg.batch_size, shuffle=True, generator=gen, drop_last=size >= cfg.batch_size)
+        loader = self._loader(dataset, gen)
         steps = 0
         for _ in range(cfg.local_epochs if cfg.local_steps is None else 10**9):
             for batch in loader:
