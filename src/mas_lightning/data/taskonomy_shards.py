@@ -72,7 +72,6 @@ from mas_lightning.data.base import FederatedData, Sample
 from mas_lightning.data.taskonomy import Taskonomy
 from mas_lightning.data.taskonomy_decode import (
     CURVATURE_ZERO,
-    DEPTH_INVALID,
     LOG_DEPTH_NORMALISER,
     MAS_NORMAL_SHIFT,
     MAS_STANDARDISE,
@@ -136,36 +135,33 @@ def decode_stored(stored: dict[str, Tensor], normalization: Normalization = "tas
     masks = [v for k, v in stored.items() if k.startswith(MASK_PREFIX)]
     rgb = stored["rgb"]
     if masks:
-        mask = masks[0].bool()
+        mask = masks[0].view(torch.bool)  # stored as 0 / 1 bytes: a view, no copy
         for more in masks[1:]:
-            mask = mask & more.bool()
+            mask = mask & more.view(torch.bool)
     else:
         mask = torch.ones((rgb.shape[0], 1, *rgb.shape[2:]), dtype=torch.bool, device=rgb.device)
     mas = normalization == "mas_reference"
+    # The reader's operations in its order (bit-identical results), in place where it allocates a new tensor;
+    # its clamps are left out where the stored integers cannot leave the range (u8 / 255 is in [0, 1]).
     for key, value in stored.items():
         if key.startswith(MASK_PREFIX) or key == "autoencoder":
             continue
         if key == "segment_semantic":
             out[key] = value.long()
-            continue
-        x = value.float()
-        if key == "rgb" or (key == "normal" and not mas):
-            out[key] = (x / 255.0).clamp_(0.0, 1.0)
+        elif key == "rgb" or (key in ("normal", "reshading") and not mas):
+            out[key] = torch.div(value, 255.0)  # uint8 -> float32 and divide, in one pass
         elif key == "normal":
-            out[key] = 2.0 * (x / 255.0) - 1.0 + MAS_NORMAL_SHIFT
+            out[key] = torch.div(value, 255.0).mul_(2.0).sub_(1.0).add_(MAS_NORMAL_SHIFT)
         elif mas and key in MAS_STANDARDISE:
-            if key in ("reshading", "principal_curvature"):
-                x = x / 255.0
+            x = torch.div(value, 255.0) if key in ("reshading", "principal_curvature") else value.float()
             mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in MAS_STANDARDISE[key])
-            out[key] = (x - mean) / std
-        elif key == "reshading":
-            out[key] = (x / 255.0).clamp_(0.0, 1.0)
+            out[key] = x.sub_(mean).div_(std)
         elif key == "principal_curvature":
-            out[key] = (x - CURVATURE_ZERO) / CURVATURE_ZERO
-        elif key == "depth_zbuffer":
-            out[key] = torch.log1p(x.clamp_(0.0, float(DEPTH_INVALID))) / LOG_DEPTH_NORMALISER
+            out[key] = value.float().sub_(CURVATURE_ZERO).div_(CURVATURE_ZERO)
+        elif key == "depth_zbuffer":  # raw <= 65535 = DEPTH_INVALID: the reader's clamp changes nothing
+            out[key] = value.float().log1p_().div_(LOG_DEPTH_NORMALISER)
         elif key in SATURATION:
-            out[key] = (x / (65535.0 * SATURATION[key])).clamp_(0.0, 1.0)
+            out[key] = value.float().div_(65535.0 * SATURATION[key]).clamp_(0.0, 1.0)
         else:
             raise KeyError(f"no decoding known for stored key {key!r}")
     out["mask"] = mask
@@ -293,6 +289,9 @@ class ShardImages(Dataset):
             raise IndexError(f"indices out of range for {len(self)} views")
         which = np.searchsorted(self._ends, index, side="right") - 1
         out: dict[str, Tensor] = {}
+        if index.size and (which == which[0]).all():  # one building (a client's batches): one copy per key
+            shard, local = self.shards[which[0]].arrays(), index - self._ends[which[0]]
+            return {key: torch.from_numpy(shard[key][local]) for key in self.keys}
         for key in self.keys:
             first = self.shards[0].arrays()[key]
             rows = np.empty((len(index), *first.shape[1:]), dtype=first.dtype)
