@@ -51,7 +51,7 @@ def test_two_cpu_processes_match_one_and_only_rank_zero_writes(tmp_path: Path) -
     (hook / "sitecustomize.py").write_text(AUDIT)
     out = tmp_path / "runs"
     mas = ("--method=mas_lightning.methods.MAS", "--method.split_round=2", "--method.affinity.every=1",
-           "--engine.clients_per_round=3", "--rounds=4")
+           "--engine.clients_per_round=3", "--rounds=4", "--engine.eval_every=1")
     single = start(fit_command(out, "one", *mas))
     path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     double = start(fit_command(out, "two", *mas, "--devices=2", "--strategy=ddp"),

@@ -44,7 +44,7 @@ NORM = "update_norm/dn"
 
 def make_engine(tmp_path: Path, callbacks: list[Callback] | None = None, *, lr: float = 0.05,
                 data: SyntheticData | None = None, **config: Any) -> FederatedEngine:
-    settings = {"clients_per_round": 3, "batch_size": 4, "local_steps": 2, **config}
+    settings = {"clients_per_round": 3, "batch_size": 4, "local_steps": 2, "eval_every": 1, **config}
     return FederatedEngine(
         Fabric(accelerator="cpu", devices=1, callbacks=callbacks or []),
         (data or SyntheticData(clients=4, sizes=(8, 16))).setup(TASKS),
@@ -141,8 +141,8 @@ def test_the_cli_exits_1_with_one_line_and_writes_no_summary(tmp_path: Path, cap
     data = '{"class_path": "mas_lightning.data.synthetic.SyntheticData", "init_args": {"clients": 4}}'
     argv = ["fit", "--data", data,
             "--tasks", "dn", "--rounds", "2", "--engine.clients_per_round", "2", "--engine.batch_size", "4",
-            "--engine.local_steps", "2", "--model.decoder_width", "8", "--accelerator", "cpu",
-            "--optimizer", "torch.optim.SGD", "--optimizer.init_args.lr", "1000",
+            "--engine.local_steps", "2", "--engine.eval_every", "1", "--model.decoder_width", "8",
+            "--accelerator", "cpu", "--optimizer", "torch.optim.SGD", "--optimizer.init_args.lr", "1000",
             "--optimizer.init_args.momentum", "0.9", f"--out={tmp_path}", "--name=hot"]  # fmt: skip
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)

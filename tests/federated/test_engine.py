@@ -180,17 +180,17 @@ def test_every_client_failing_stops_with_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # about 5 s: three engines, four rounds
 def test_resume_from_checkpoint_is_bit_identical(tmp_path: Path) -> None:
-    full = make_engine(tmp_path / "full")
+    full = make_engine(tmp_path / "full", eval_every=1)
     state_full = new_state()
     full.run_stage(state_full, Stage("all", [TASKS], 2))
 
-    part = make_engine(tmp_path / "part", [MetricsFile()])
+    part = make_engine(tmp_path / "part", [MetricsFile()], eval_every=1)
     state_part = new_state()
     stage = Stage("all", [TASKS], 2)
     part.start_stage(state_part, stage)
     part.run_round(state_part, stage, 0)  # then the process dies
     callbacks: list[Callback] = [MetricsFile()]
-    resumed = make_engine(tmp_path / "part", callbacks)  # a new process would build everything anew
+    resumed = make_engine(tmp_path / "part", callbacks, eval_every=1)  # a new process would build everything anew
     resumed_state = load_state(tmp_path / "part" / "checkpoints" / "last.pt", callbacks, resumed.fabric.device)
     assert resumed_state["round"] == 1
     resumed.run_stage(resumed_state, stage)
@@ -203,6 +203,35 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert [int(r["round"]) for r in rows] == [0, 1]
     assert [float(r["val/total_loss"]) for r in rows] == losses
+
+
+@pytest.mark.parametrize(("every", "validated"), [(3, [2, 3, 5, 6]), (0, [3, 6]), (1, [0, 1, 2, 3, 4, 5, 6])])
+def test_validation_every_n_run_rounds_and_at_stage_ends_never_twice(tmp_path: Path, every: int,
+                                                                      validated: list[int]) -> None:
+    engine = make_engine(tmp_path, eval_every=every, local_steps=1)
+    calls: list[str] = []
+    evaluate = engine.evaluate
+
+    def counting(model: nn.Module, dataset: Any) -> dict[str, float]:
+        calls.append("val" if dataset is engine.data.val else "test")
+        return evaluate(model, dataset)
+
+    engine.evaluate = counting  # type: ignore[method-assign]
+    state = new_state()
+    results = []
+    for stage in (Stage("first", [TASKS], 4, final=False), Stage("second", [TASKS], 3, continues=True)):
+        results.append(engine.run_stage(state, stage))
+        state["history"].append(results[-1])  # as fit's run_method does between stages
+        state["stage"] += 1
+        state["round"], state["stage_started"] = 0, False
+    # Run rounds 0-3, then 4-6 on the same clock: every N-th (N-1, 2N-1, ...) and each stage's last.
+    rows = state["metrics"]
+    assert [r["round"] for r in rows if "val/total_loss" in r] == validated
+    # One validation per validated round; a stage's end reuses its last round's, only the final stage tests.
+    assert calls == ["val"] * len(validated) + ["test"]
+    for result, last in zip(results, (rows[3], rows[6])):
+        (group_val,) = result["val"].values()
+        assert group_val["total_loss"] == last["val/total_loss"]
 
 
 class ProxProbe(Callback):

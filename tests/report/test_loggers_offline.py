@@ -68,7 +68,8 @@ def fit_args(out: Path, *extra: str) -> list[str]:
     return ["fit", "--data", '{"class_path": "mas_lightning.data.synthetic.SyntheticData", '
             '"init_args": {"clients": 3, "sizes": [8], "resolution": 32}}',
             "--tasks", "dn", "--rounds", str(ROUNDS), "--engine.clients_per_round", "2", "--engine.batch_size", "4",
-            "--engine.local_steps", "1", "--model.decoder_width", "8", "--accelerator", "cpu", f"--out={out}",
+            "--engine.local_steps", "1", "--engine.eval_every", "1", "--model.decoder_width", "8",
+            "--accelerator", "cpu", f"--out={out}",
             "--name=run", "--logger=[wandb, tensorboard]", "--wandb.group=seeds", "--wandb.tags=[tiny, offline]",
             *extra]
 

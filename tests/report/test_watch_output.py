@@ -80,7 +80,8 @@ def tiny_mas_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         fit(data=SyntheticData(clients=3, sizes=(8,), resolution=32), tasks="sdn",
             method=RecordedMAS(recorder, split_round=2, max_groups=2, affinity=AffinityOptions(every=1)),
             model=partial(MultiTaskModel, decoder_width=8), rounds=4, out=out, name="run",
-            engine=FederatedConfig(clients_per_round=2, batch_size=4, local_steps=2, eval_batch_size=16))
+            engine=FederatedConfig(clients_per_round=2, batch_size=4, local_steps=2, eval_batch_size=16,
+                                   eval_every=1))
     run = out / "run"
     with open(run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -229,7 +229,8 @@ class FederatedEngine:
         row: dict[str, Any] = {"stage": stage.name, "round": run_round, "run_round": len(state["metrics"]) + 1,
                                "clients": len(clients),
                                "dropped_updates": int(totals[2]), "lr_factor": round(factor, 6)}
-        if (run_round + 1) % self.config.eval_every == 0 or round_ + 1 == stage.rounds:
+        every = self.config.eval_every
+        if round_ + 1 == stage.rounds or (every > 0 and (run_round + 1) % every == 0):
             total, per_group = 0.0, {}
             for group, weights in zip(state["groups"], state["weights"], strict=True):
                 metrics = self.evaluate(self.load_global(group, weights), self.data.val)
