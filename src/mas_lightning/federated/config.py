@@ -38,6 +38,9 @@ class FederatedConfig:
     ``update_norm/<group>`` column of metrics.csv); None: off. The first round of a stage has no reference."""
     max_update_norm: float | None = None
     """Drop a client update whose L2 norm exceeds this absolute value (None: off); model-dependent, so off."""
+    stacked_clients: int = 1
+    """Train this many clients of a round at once (torch.func.vmap over stacked weights, for accelerators);
+    1: one after another. SGD only, plain loss sum; see mas_lightning.federated.stacked_clients."""
 
     def __post_init__(self) -> None:
         if isinstance(self.clients_per_round, float) and not 0.0 < self.clients_per_round <= 1.0:
@@ -46,7 +49,7 @@ class FederatedConfig:
             raise ValueError(f"engine.clients_per_round={self.clients_per_round} as a count must be >= 1")
         if self.eval_every < 0:
             raise ValueError(f"engine.eval_every={self.eval_every} must be >= 0 (0: only at stage ends)")
-        for name in ("local_epochs", "batch_size", "eval_batch_size"):
+        for name in ("local_epochs", "batch_size", "eval_batch_size", "stacked_clients"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine.{name}={getattr(self, name)} must be >= 1")
         if self.local_steps is not None and self.local_steps < 1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from mas_lightning.federated import accounting, sampling
 from mas_lightning.federated.aggregation import Aggregator, WeightedSum, update_norm
 from mas_lightning.federated.callbacks import Callback, FitContext, RoundContext, StageContext
 from mas_lightning.federated.checkpoint import save_state
-from mas_lightning.federated.client import LocalTrainer, ModelFactory, OptimizerFactory
+from mas_lightning.federated.client import ClientUpdate, LocalTrainer, ModelFactory, OptimizerFactory
 from mas_lightning.federated.config import FederatedConfig, Stage
 from mas_lightning.federated.evaluation import evaluate
 from mas_lightning.federated.guards import UpdateScreen, check_losses
+from mas_lightning.federated.stacked_clients import StackedTrainer
 from mas_lightning.federated.state import Clock, RunState, StageResult, Weights
 from mas_lightning.tasks import letters
 
@@ -66,6 +67,7 @@ class FederatedEngine:
         self.per_round = sampling.clients_per_round(config.clients_per_round, len(data.clients))
         self.energy = accounting.EnergyMeter(fabric.device)
         self.trainer = LocalTrainer(fabric, config, model_factory, optimizer_factory, aggregator)
+        self.stacked = StackedTrainer(self) if config.stacked_clients > 1 else None  # K clients at once
         self._last_val: tuple[int, int, dict[str, dict[str, float]]] | None = None  # (stage, round, per group)
 
     # ----------------------------------------------------------------- stages
@@ -147,11 +149,8 @@ class FederatedEngine:
         updated = 0
         for g, group in enumerate(state["groups"]):
             total = WeightedSum.zeros_like(state["weights"][g])
-            for position in range(fabric.global_rank, len(clients), fabric.world_size):  # this rank's clients
-                client = clients[position]
-                gen = seeding.generator(self.seed, "batches", clock["seed_stage"], run_round, client, letters(group))
-                update = self.trainer.train(ctx, group, state["weights"][g], client, self.data.clients[client],
-                                            factor, gen)
+            positions = range(fabric.global_rank, len(clients), fabric.world_size)  # this rank's clients
+            for position, update in self._updates(ctx, group, state["weights"][g], clients, positions, factor):
                 ok = self._add_update(total, update.model, state["weights"][g], screen, g, position, run_round)
                 flops = update.samples * state["flops_per_sample"].get(letters(group), 0.0)
                 totals += torch.tensor([update.seconds, update.samples, 0.0 if ok else 1.0, flops],
@@ -183,6 +182,19 @@ class FederatedEngine:
         state["round"] = round_ + 1
         self.save(state)
         fabric.log_dict({k: v for k, v in row.items() if isinstance(v, int | float)}, step=len(state["metrics"]))
+
+    def _updates(self, ctx: RoundContext, group: tuple[str, ...], weights: Weights, clients: list[int],
+                 positions: range, factor: float) -> Iterator[tuple[int, ClientUpdate]]:
+        """(position, update) of this rank's clients for ``group``, in order: one after another, or
+        ``engine.stacked_clients`` at a time (:mod:`~mas_lightning.federated.stacked_clients`)."""
+        if self.stacked is not None and self.stacked.takes(ctx):
+            yield from self.stacked.train(ctx, group, weights, clients, positions, factor)
+            return
+        clock = ctx.state["clock"]
+        for position in positions:
+            client = clients[position]
+            gen = seeding.generator(self.seed, "batches", clock["seed_stage"], ctx.run_round, client, letters(group))
+            yield position, self.trainer.train(ctx, group, weights, client, self.data.clients[client], factor, gen)
 
     def _add_update(self, total: WeightedSum, model: nn.Module, global_weights: Weights, screen: UpdateScreen,
                     g: int, position: int, run_round: int) -> bool:

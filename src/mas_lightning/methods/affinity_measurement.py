@@ -128,6 +128,11 @@ class AffinityMeasurement(Callback):
         self._round_sum, self._round_weight, self._steps, self._round_measured = None, 0.0, 0, 0
         self._round_flops = 0.0
 
+    def batch_hooks_active(self, ctx: RoundContext) -> bool:
+        """Whether this round is measured (asked after ``on_round_start``): only then do the per-batch hooks do
+        anything, so the other rounds may train clients stacked (``engine.stacked_clients``)."""
+        return self._active
+
     def on_client_start(self, ctx: ClientContext) -> None:
         self._client_sum, self._client_count = None, 0
 
