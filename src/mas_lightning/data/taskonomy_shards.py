@@ -19,7 +19,7 @@ segment_semantic                    uint8   R x R class ids (nearest neighbour, 
 mask_depth_zbuffer, mask_mask_valid uint8   1 x R x R validity from that domain, resized conservatively
 =================================== ======= ==========================================================
 
-At 256 px with all nine tasks a view takes 1.19 MB (1.25 with the omnidata mask). Targets are decoded from
+At 256 px with all nine tasks a view takes 1.19 MiB (1.25 with the omnidata mask). Targets are decoded from
 the stored units by :func:`decode_stored` with the reader's own formulas (both ``normalization`` options), so a
 sample equals the reader's exactly when the files are already at the training resolution, and otherwise up to
 rounding to the stored integer (half a unit: 0.5/255 for colours, 0.5/512 m for depth).
@@ -42,7 +42,7 @@ missing or damaged ones.
 and decodes them on the host, which is what the engine's loaders call today; the engine flips on the host too
 (:func:`~mas_lightning.data.base.hflip` before ``fabric.to_device``). :meth:`ShardImages.stored_batch` returns
 the compact rows and :func:`decode_stored` is plain tensor arithmetic that runs on any device: an engine that
-moves ``stored_batch`` to the GPU and decodes and flips there transfers 3.3x fewer bytes (uint8/uint16 instead
+moves ``stored_batch`` to the GPU and decodes and flips there transfers 3.8x fewer bytes (uint8/uint16 instead
 of float32) and takes the decoding off the host; wiring that into ``federated/client.py`` and
 ``federated/evaluation.py`` is left to the engine (``experiments/bench_taskonomy_shards.py`` measures both).
 """
