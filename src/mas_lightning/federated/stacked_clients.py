@@ -144,9 +144,9 @@ class _StackedParameters:
 class StackedTrainer:
     """Trains this device's clients of a round K at a time (see the module docstring)."""
 
-    def __init__(self, engine: FederatedEngine) -> None:
+    def __init__(self, engine: FederatedEngine, size: int | None = None) -> None:
         self.engine = engine
-        self.size = engine.config.stacked_clients
+        self.size = size or engine.config.stacked_clients  # size=1: the stacked path for one client (benchmarks)
         precision = engine.fabric.strategy.precision
         if getattr(precision, "scaler", None) is not None:
             raise ConfigError(f"engine.stacked_clients > 1 does not support a precision with a gradient scaler "
