@@ -47,17 +47,31 @@ def sgd(params: Any) -> torch.optim.Optimizer:
 
 
 class Counter(Callback):
-    """Counts client starts and ends; does not touch the batch hooks (so rounds may stack)."""
+    """Records the clients that end; does not touch the batch hooks (so rounds may stack)."""
 
     def __init__(self) -> None:
-        self.started: list[int] = []
         self.ended: list[int] = []
-
-    def on_client_start(self, ctx: ClientContext) -> None:
-        self.started.append(ctx.client)
 
     def on_client_end(self, ctx: ClientContext) -> None:
         self.ended.append(ctx.client)
+
+
+class Meddler(Callback):
+    """Changes one client's starting model and poisons another's trained model (dropped from the aggregate)."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+
+    def on_client_start(self, ctx: ClientContext) -> None:
+        self.started.append(ctx.client)
+        if ctx.client == 1:
+            with torch.no_grad():
+                ctx.model.encoder.model.conv1[0].weight.mul_(1.5)
+
+    def on_client_end(self, ctx: ClientContext) -> None:
+        if ctx.client == 2:
+            with torch.no_grad():
+                next(ctx.model.parameters()).fill_(float("nan"))
 
 
 def make_engine(tmp_path: Path, stacked: int, *, aggregator: Aggregator | None = None,
@@ -109,15 +123,26 @@ def test_stacked_clients_give_the_one_by_one_global_weights(tmp_path: Path, stac
     sequential = train(tmp_path / "seq", 1, aggregator=aggregator)
     together = train(tmp_path / "stk", stacked, aggregator=aggregator, callbacks=[counter])
     # Unequal clients: 4 sampled of sizes 8, 16 and 3 take 2, 4 or 1 steps (4, 4 or 3 samples per step).
-    sampled = [c for r in range(2) for c in range(5) if c in counter.started[4 * r:4 * r + 4]]
-    assert len({SIZES[c % 3] for c in sampled}) == 3
-    assert counter.started == counter.ended and len(counter.started) == 8
+    assert len(counter.ended) == 8 and len({SIZES[c % 3] for c in counter.ended}) == 3
     assert_same_weights(together["weights"][0], sequential["weights"][0])
     assert_same_rows(together, sequential)
     if isinstance(aggregator, FedProx):  # the penalty mattered: FedAvg's weights are elsewhere
         plain = train(tmp_path / "plain", stacked)
         assert not torch.allclose(plain["weights"][0]["encoder.model.conv1.0.weight"],
                                   together["weights"][0]["encoder.model.conv1.0.weight"], atol=1e-6)
+
+
+def test_client_hooks_change_the_models_as_one_by_one(tmp_path: Path) -> None:
+    watch = Meddler()
+    sequential = train(tmp_path, 1, callbacks=[Meddler()])
+    together = train(tmp_path, 4, callbacks=[watch])
+    assert 1 in watch.started and 2 in watch.started  # both clients trained in these two rounds
+    assert [r["dropped_updates"] for r in together["metrics"]] == [r["dropped_updates"] for r in sequential["metrics"]]
+    assert sum(r["dropped_updates"] for r in together["metrics"]) > 0
+    assert_same_weights(together["weights"][0], sequential["weights"][0])
+    plain = train(tmp_path / "plain", 4)  # the hooks mattered
+    assert not torch.allclose(plain["weights"][0]["encoder.model.conv1.0.weight"],
+                              together["weights"][0]["encoder.model.conv1.0.weight"], atol=1e-6)
 
 
 def test_fixed_local_steps_nesterov_and_no_flips(tmp_path: Path) -> None:

@@ -21,9 +21,10 @@ What stays exactly as in the one-by-one loop (:class:`~mas_lightning.federated.c
 - what the engine receives: one :class:`~mas_lightning.federated.client.ClientUpdate` per client, in the
   clients' order, whose model is the group's working model holding that client's trained state.
 
-Hooks: ``on_client_start`` fires for every client of a chunk before it trains (the working model then holds
-the round's global weights) and ``on_client_end`` for each client after, with the client's trained state in
-the working model (changes a callback makes to it reach the aggregate, as one by one). The per-batch hooks
+Hooks: ``on_client_start`` fires for every client of a chunk before the chunk trains, the working model
+holding the round's global weights (a client starts from what the model holds after the hook, as one by
+one), and ``on_client_end`` for each client after, with the client's trained state in the working model
+(changes a callback makes to it reach the aggregate, as one by one). The per-batch hooks
 (``on_train_batch_start``/``_end``) need one client's model at each step, in the one-by-one order: a round
 in which a callback overrides one of them trains one client after another, unless the callback has a method
 ``batch_hooks_active(ctx: RoundContext) -> bool`` that answers False for that round (the affinity
@@ -155,8 +156,13 @@ class StackedTrainer:
 
     def takes(self, ctx: RoundContext) -> bool:
         """Whether this round's clients train stacked (False: a callback needs the per-batch hooks)."""
-        fabric_callbacks = getattr(self.engine.fabric, "_callbacks", [])  # those the hooks fire on
-        return not needs_one_by_one([*self.engine.callbacks, *fabric_callbacks], ctx)
+        return not needs_one_by_one(self._callbacks(), ctx)
+
+    def _callbacks(self) -> list[Any]:
+        return [*self.engine.callbacks, *getattr(self.engine.fabric, "_callbacks", [])]  # those the hooks fire on
+
+    def _overridden(self, hook: str) -> bool:
+        return any(getattr(type(c), hook, None) is not getattr(Callback, hook) for c in self._callbacks())
 
     def check(self, group: tuple[str, ...]) -> None:
         """Refuse, once per group, what the stacked step cannot reproduce (ConfigError)."""
@@ -198,12 +204,19 @@ class StackedTrainer:
         model.train()
         ids = [clients[p] for p in positions]
         contexts = [ClientContext(**vars(ctx), client=c, group=group, model=model) for c in ids]
-        for client_ctx in contexts:
-            fabric.call("on_client_start", client_ctx)
-        model = trainer.load(group, global_weights)  # whatever a hook did, the clients start from the global weights
         count = len(ids)
-        names = [name for name, p in model.named_parameters() if name in global_weights]
         stack = {k: v.detach().unsqueeze(0).expand(count, *v.shape).clone() for k, v in global_weights.items()}
+        if self._overridden("on_client_start"):  # a hook may change the model a client starts from, as one by one
+            for i, client_ctx in enumerate(contexts):
+                model = trainer.load(group, global_weights)
+                fabric.call("on_client_start", client_ctx)
+                for k, v in model.state_dict().items():
+                    stack[k][i].copy_(v)
+        else:
+            for client_ctx in contexts:
+                fabric.call("on_client_start", client_ctx)
+        model = trainer.load(group, global_weights)
+        names = [name for name, p in model.named_parameters() if name in global_weights]
         loaders = []
         for client in ids:
             gen = seeding.generator(engine.seed, "batches", clock["seed_stage"], ctx.run_round, client, letters(group))
