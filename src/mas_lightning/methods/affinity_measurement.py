@@ -49,7 +49,9 @@ class AffinityOptions:
     """``exact``: T lookahead forwards; ``batched``: the same fused by vmap (accelerators);
     ``first_order``: the Taylor estimate, no lookahead forward (one measurement on 9 tasks: 4.2 training
     steps against exact's 7.5; README, "What measuring affinity costs"); ``multi_step``: ``steps``
-    lookahead steps on task i before task j's loss is read (capacity contention that one step cannot see)."""
+    lookahead steps on task i before task j's loss is read (meant to see capacity contention that one step
+    cannot; on the grouping ground truth it was no better than ``exact`` at 2.9 times its FLOPs, so it is
+    not recommended: experiments/ground_truth_reading.md)."""
     steps: int = 3
     """Lookahead steps of the ``multi_step`` estimator (the others take one)."""
     every: int = 10
