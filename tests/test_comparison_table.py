@@ -144,3 +144,34 @@ def test_figure_in_three_formats_with_flops_in_a_unit(tmp_path: Path, monkeypatc
     figure.canvas.draw()
     assert flops_axis.xaxis.get_offset_text().get_text() == ""  # no "1e12" exponent beside the axis
     assert 0 < flops_axis.get_xlim()[1] < 10  # ticks read 1.1 .. 3 TFLOP, not 1.1e12 .. 3e12
+
+
+def _summary(seed: int, loss: float, compute: float) -> dict[str, Any]:
+    return {"seed": seed, "method": "X", "groups": ["sd"], "total_test_loss": loss, "total_val_loss": loss + 1,
+            "test_loss": {"segment_semantic": loss * 0.75, "depth_zbuffer": loss * 0.25},
+            "test": {"segment_semantic": {"loss": loss * 0.75, "miou": 0.3}, "depth_zbuffer": {"loss": 0.1}},
+            "client_compute_s": compute, "wall_s": compute, "energy_j": None, "train_flops": 2e12,
+            "affinity_flops": 0.0, "total_flops": 2e12}
+
+
+def test_rebuild_from_run_folders_whatever_wrote_them(tmp_path: Path) -> None:
+    """Runs of several compare processes: every <variant>-seed<S>/summary.json, in the given variant order."""
+    import json
+
+    from mas_lightning.report.comparison_table import main
+
+    runs = tmp_path / "runs"
+    written = {("one-by-one", 1): 2.0, ("one-by-one", 0): 2.4, ("mas-2-seed", 0): 2.1, ("mas-2-seed", 1): 1.9}
+    for (variant, seed), loss in written.items():
+        (runs / f"{variant}-seed{seed}").mkdir(parents=True)
+        (runs / f"{variant}-seed{seed}" / "summary.json").write_text(json.dumps(_summary(seed, loss, 10.0 * seed)))
+    (runs / "unfinished-seed0").mkdir()  # no summary: not a record
+    main(["--run-folders", str(runs), "--order", "one-by-one", "--out", str(tmp_path / "out")])
+    with (tmp_path / "out" / "runs.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], int(r["seed"]), float(r["total_test_loss"])) for r in rows] == [
+        ("one-by-one", 0, 2.4), ("one-by-one", 1, 2.0), ("mas-2-seed", 0, 2.1), ("mas-2-seed", 1, 1.9)]
+    assert float(rows[0]["test_loss/segment_semantic"]) == pytest.approx(2.4 * 0.75)
+    assert float(rows[2]["test/segment_semantic/miou"]) == 0.3
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "-0.200 [" in table  # mas-2-seed minus one-by-one, paired by seed: (2.1 - 2.4 + 1.9 - 2.0) / 2

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,23 @@ def read_runs(paths: Sequence[Path]) -> list[Record]:
                 fresh.setdefault(row["variant"], []).append(record)
         by_variant.update(fresh)  # keeps an earlier variant's place in the order, with the later runs
     return [record for runs in by_variant.values() for record in runs]
+
+
+def read_run_folders(folder: Path, order: Sequence[str] = ()) -> list[Record]:
+    """The records of the finished runs in ``folder`` (``<variant>-seed<S>/summary.json``, as compare names
+    them), whatever code wrote them: for runs made by several compare processes, or by code whose run
+    identity has changed since. Variants in ``order`` first, in that order; the others by name."""
+    found: dict[str, list[tuple[int, Record]]] = {}
+    for summary_file in sorted(Path(folder).glob("*/summary.json")):
+        match = re.fullmatch(r"(?P<variant>.+)-seed(?P<seed>\d+)", summary_file.parent.name)
+        if match is None:
+            continue
+        summary = json.loads(summary_file.read_text())
+        record = run_record(match["variant"], summary, list(summary["test_loss"]))
+        found.setdefault(match["variant"], []).append((record["seed"], record))
+    rank = {name: i for i, name in enumerate(order)}
+    variants = sorted(found, key=lambda v: (rank.get(v, len(rank)), v))
+    return [record for v in variants for _, record in sorted(found[v], key=lambda pair: pair[0])]
 
 
 def tasks_of(records: Sequence[Record]) -> list[str]:
@@ -149,15 +168,28 @@ def write_comparison(records: Sequence[Record], out: Path, reference: str | None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Rebuild a comparison's tables and figure from ``runs.csv`` files (no run folder needed; the runs.csv
-    files are read, never rewritten)."""
+    """Rebuild a comparison's tables and figure from ``runs.csv`` files (no run folder needed; they are read,
+    never rewritten) and/or from a compare ``runs/`` folder's summaries (then also written as ``runs.csv``)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="runs.csv files; later ones win")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[], help="runs.csv files; later ones win")
+    parser.add_argument("--run-folders", type=Path, default=None,
+                        help="a compare runs/ folder: every <variant>-seed<S>/summary.json in it (before --runs)")
+    parser.add_argument("--order", nargs="+", default=[], help="variant order for --run-folders")
     parser.add_argument("--out", type=Path, required=True, help="folder for the tables and the figure")
     parser.add_argument("--reference", default="one-by-one", help="the variant compared against ('' for none)")
     parser.add_argument("--title", default=None, help="figure title (default: tasks and seeds)")
     args = parser.parse_args(argv)
-    written = write_comparison(read_runs(args.runs), args.out, args.reference or None, args.title, runs_csv=False)
+    if not args.runs and args.run_folders is None:
+        parser.error("give --runs and/or --run-folders")
+    records = read_run_folders(args.run_folders, args.order) if args.run_folders is not None else []
+    if args.runs:
+        newer = read_runs(args.runs)
+        replaced = {r["variant"] for r in newer}
+        records = [r for r in records if r["variant"] not in replaced] + newer
+    if not records:
+        parser.error(f"no finished run in {args.run_folders}")
+    written = write_comparison(records, args.out, args.reference or None, args.title,
+                               runs_csv=args.run_folders is not None and not args.runs)
     print(f"{len(written['rows'])} variants: {written['markdown']}, {written['csv']}, {written['figure']}")
 
 
