@@ -6,9 +6,9 @@ The workload is bench_engine.py's: a synthetic federation where every client tra
 data size. Each side's run is timed from building its model to the end of its last round: mas_lightning's
 ``FederatedEngine`` (Fabric, update screening, cost accounting, a checkpoint and metrics row per round,
 validation off as in bench_engine.py) and pfl's ``FederatedAveraging`` on its ``SimulatedBackend`` (one
-process, no evaluation). The runs alternate (mas, pfl, mas, pfl, ...) so that load from other jobs on a shared
-machine hits both alike; the printed ratio is the median of the per-pair ratios pfl / mas (above 1: pfl is
-slower).
+process, no evaluation). The runs alternate (mas, pfl, pfl, mas, mas, pfl, ...: each pair starts with the
+side the previous pair ended with) so that load from other jobs on a shared machine hits both alike; the
+printed ratio is the median of the per-pair ratios pfl / mas (above 1: pfl is slower).
 
 What differs, and is not compute: pfl averages the trainable parameters only (BatchNorm running statistics
 stay those of the last client trained on its one model instance), applies the mean update through a central
@@ -144,8 +144,12 @@ def bench(tasks: str = "sdnkt", clients: int = 4, rounds: int = 4, local_steps: 
           f"pfl {pfl.__version__ if hasattr(pfl, '__version__') else '?'}")
     times: list[tuple[float, float]] = []
     for pair in range(pairs):
-        mas = mas_seconds(fabric, data, config, names, rounds, decoder_width, seed)
-        other = pfl_seconds(data, names, clients, rounds, local_steps, batch, decoder_width, seed)
+        # Which side goes first alternates too, so neither always runs right after the other's allocations.
+        sides = [lambda: mas_seconds(fabric, data, config, names, rounds, decoder_width, seed),
+                 lambda: pfl_seconds(data, names, clients, rounds, local_steps, batch, decoder_width, seed)]
+        order = [0, 1] if pair % 2 == 0 else [1, 0]
+        measured = {side: sides[side]() for side in order}
+        mas, other = measured[0], measured[1]
         print(f"pair {pair}: mas_lightning {mas:.2f} s, pfl {other:.2f} s, ratio {other / mas:.3f}"
               + (" (warm-up)" if pair == 0 else ""), flush=True)
         if pair > 0:
