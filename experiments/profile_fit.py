@@ -14,7 +14,9 @@ add up to the wall time. Rows:
 - aggregation: screening and adding each client's state, the mean, the server update;
 - checkpoint and files: the per-round checkpoint and the files written on save (metrics.csv, figures);
 - data setup: the data source's ``setup`` (render or read the cache);
-- other: the rest (argument parsing, Fabric, the remaining hooks, summary).
+- other: the rest (argument parsing, Fabric, the remaining hooks, the split decision, summary); the parts of
+  it that are timed on their own (the command line's parser, each remaining hook, MAS's decision) are listed
+  under it.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/profile_fit.py                    # configs/mas.yaml
     OMP_NUM_THREADS=1 .venv/bin/python experiments/profile_fit.py -c configs/quickstart.yaml
@@ -77,18 +79,19 @@ class ExclusiveTimers:
 def install(timers: ExclusiveTimers) -> None:
     from lightning.fabric import Fabric
 
+    from mas_lightning import cli
     from mas_lightning.data.minitaskonomy import MiniTaskonomy
     from mas_lightning.federated import accounting
     from mas_lightning.federated.aggregation import FedAvg, WeightedSum
     from mas_lightning.federated.client import LocalTrainer
     from mas_lightning.federated.engine import FederatedEngine
-    from mas_lightning.methods import affinity_measurement
+    from mas_lightning.methods import MAS, affinity_measurement
     from mas_lightning.model import MultiTaskModel
 
     timers.wrap(LocalTrainer, "train", "client compute")
     timers.wrap(Fabric, "call", lambda _fabric, hook, *rest: (
         "client hooks (affinity measurement)" if hook in CLIENT_HOOKS
-        else "checkpoint and files" if hook == "on_save" else "other"))
+        else "checkpoint and files" if hook == "on_save" else f"  hook {hook}"))
     timers.wrap(FederatedEngine, "evaluate", "evaluation")
     timers.wrap(accounting, "train_flops_per_sample", "FLOP counting")
     timers.wrap(affinity_measurement, "count_flops", "FLOP counting")
@@ -97,6 +100,8 @@ def install(timers: ExclusiveTimers) -> None:
         timers.wrap(owner, name, "aggregation")
     timers.wrap(FederatedEngine, "save", "checkpoint and files")
     timers.wrap(MiniTaskonomy, "setup", "data setup")
+    timers.wrap(cli, "build_parser", "  command line (parser)")
+    timers.wrap(MAS, "decide", "  MAS split decision")
 
 
 ROWS = ("start-up imports", "client compute", "client hooks (affinity measurement)", "evaluation",
@@ -118,13 +123,19 @@ def main() -> None:
     wall = time.perf_counter() - STARTED
     seconds = dict(timers.seconds)
     seconds["start-up imports"] = IMPORTED - STARTED
-    seconds["other"] = wall - sum(v for k, v in seconds.items() if k != "other")
+    seconds["other"] = wall - sum(v for k, v in seconds.items() if k != "other")  # includes the details below
+    seconds["other"] += sum(v for k, v in seconds.items() if k.startswith("  "))
     print(f"\nfit -c {args.config} {' '.join(args.extra)}: wall {wall:.1f} s, total test loss "
           f"{summary['total_test_loss']:.4f}")
     print(f"{'phase':<38}{'seconds':>9}{'% wall':>9}{'calls':>8}")
     for row in ROWS:
         calls = "" if row in ("start-up imports", "other") else str(timers.calls.get(row, 0))
         print(f"{row:<38}{seconds.get(row, 0.0):>9.2f}{100 * seconds.get(row, 0.0) / wall:>8.1f}%{calls:>8}")
+    details = sorted((k for k in seconds if k.startswith("  ")), key=lambda k: -seconds[k])
+    if details:
+        print("of which 'other' (timed on their own):")
+    for row in details:
+        print(f"{row:<38}{seconds[row]:>9.2f}{100 * seconds[row] / wall:>8.1f}%{timers.calls[row]:>8}")
     client = seconds.get("client compute", 0.0) + seconds.get("client hooks (affinity measurement)", 0.0)
     print(f"{'client compute + client hooks':<38}{client:>9.2f}{100 * client / wall:>8.1f}%")
 
