@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, default_collate
 
 from mas_lightning.data.base import DataSource, Sample, hflip, make_loader
 from mas_lightning.errors import ConfigError
-from mas_lightning.model import MultiTaskModel
+from mas_lightning.model import CentralModel, MultiTaskModel
 from mas_lightning.report.loggers import LoggerKind, WandbOptions, close_loggers, log_config, logger_kinds, make_loggers
 from mas_lightning.report.progress import summary_lines
 from mas_lightning.report.summary import FINAL_VAL_METRIC, main_metric
@@ -94,7 +94,7 @@ class RandomHFlip(Callback):
 def central(
     data: DataSource,
     tasks: str | list[str] = "sdnkt",
-    model: Callable[[tuple[str, ...]], MultiTaskModel] = MultiTaskModel,
+    model: Callable[[tuple[str, ...]], MultiTaskModel] = CentralModel,
     max_epochs: int = 10,
     max_steps: int = -1,
     batch_size: int = 64,
@@ -118,7 +118,8 @@ def central(
         data: where clients, validation and test data come from; set up for ``tasks``.
         tasks: task set, as letters ("sdnkt"), "all", or a list of names.
         model: builds the multi-task model for the task names (after seeding, so its initial weights
-            are reproducible); its optimiser settings (lr, momentum, weight decay, poly decay) are used.
+            are reproducible); CentralModel (the default) carries the SGD settings (lr, momentum, weight
+            decay, poly decay) it trains with; a plain MultiTaskModel trains with the reference SGD.
         max_epochs: passes over the pooled training data.
         max_steps: stop after this many optimiser steps (-1: no limit; for smoke runs).
         batch_size: samples per batch.

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 
 def _sgd(params: Iterator[nn.Parameter]) -> Optimizer:
+    """SGD(lr=0.1, momentum=0.9, weight_decay=1e-4), the reference's client optimiser."""
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
 
 

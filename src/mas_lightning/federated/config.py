@@ -21,11 +21,13 @@ class FederatedConfig:
     lr_decay: Literal["none", "poly"] = "poly"
     """Per-round learning-rate schedule: poly is lr * (1 - r / R) ** poly_power, as in the reference."""
     poly_power: float = 0.9
+    """Exponent of the poly schedule (the reference: 0.9)."""
     eval_every: int = 10
     """Validate the global models every N rounds of the run's clock (rounds N, 2N, ...), and always after a
     stage's last round (where MAS decides its split and the final models are chosen); 0: only at stage ends.
     A validation costs about a tenth of a CPU round of the default configs: every round (1) adds ~15%."""
     eval_batch_size: int = 64
+    """Batch size of validation and test passes (masked losses average per batch, so it is part of a result)."""
     flip: bool = True
     """Random horizontal flips of client batches (normals follow)."""
     client_dropout: float = 0.0
