@@ -13,7 +13,7 @@ from mas_lightning.commands.preview import one_sample_per_client
 from mas_lightning.data.synthetic import SyntheticData
 
 ROOT = Path(__file__).parents[2]
-DATA_COMMANDS = ("fit", "central", "data", "check-data")
+DATA_COMMANDS = ("fit", "central", "data", "check-data", "prepare-data")
 
 
 @pytest.mark.parametrize("command", DATA_COMMANDS)
