@@ -155,6 +155,38 @@ def test_samples_survive_pickling_and_loader_workers(flat: tuple[Path, dict]) ->
     assert torch.equal(batch["rgb"][1], client[1]["rgb"])
 
 
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true:UserWarning")  # a CPU-only machine
+def test_workers_and_pinned_memory_give_the_same_batches_as_the_training_process(flat: tuple[Path, dict]) -> None:
+    root, _ = flat
+    plain = Taskonomy(root, **SPLIT, resolution=SIZE).setup("dsn").clients[1]
+    workers = Taskonomy(root, **SPLIT, resolution=SIZE, num_workers=2, pin_memory=True).setup("dsn").clients[1]
+    assert workers.loader_options == {"num_workers": 2, "pin_memory": True}
+
+    def batches(dataset) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+        loader = make_loader(dataset, 2, shuffle=True, generator=torch.Generator().manual_seed(4))
+        assert loader.num_workers == dataset.loader_options["num_workers"]
+        return list(loader)
+
+    got, want = batches(workers), batches(plain)
+    # Independently: the seeded shuffle of the 5 views, read sample by sample.
+    order = torch.randperm(5, generator=_after_base_seed(4)).tolist()
+    assert len(got) == len(want) == 3
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.keys() == b.keys() == {"rgb", "mask", "depth_zbuffer", "segment_semantic", "normal"}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        rows = order[2 * i : 2 * i + 2]
+        assert all(torch.equal(a["depth_zbuffer"][j], plain[r]["depth_zbuffer"]) for j, r in enumerate(rows))
+    with pytest.raises(ConfigError, match="num_workers=-1"):
+        Taskonomy(root, **SPLIT, num_workers=-1)
+
+
+def _after_base_seed(seed: int) -> torch.Generator:
+    """A generator past the loader's base-seed draw, where ``RandomSampler`` permutes the indices."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)
+    return gen
+
+
 # --- bad input: each error names the offending file, folder or value ---
 
 

@@ -166,6 +166,10 @@ class Taskonomy(DataSource):
             :mod:`~mas_lightning.data.taskonomy_check`): "full" always, "auto" when the selection holds at most
             ``AUTO_CHECK_MAX_FILES`` (2000) files, views x domains (about half a minute at 512 px), "off" never
             (a bad file then stops training when it is read).
+        num_workers: loader worker processes per data loader (0: read and decode the PNGs in the training
+            process). Each worker decodes whole samples; the batches are the same for any number (the data
+            order is drawn in the training process).
+        pin_memory: page-locked batches, for asynchronous copies to a GPU.
     """
 
     def __init__(
@@ -179,7 +183,11 @@ class Taskonomy(DataSource):
         max_images_per_building: int | None = None,
         drop_incomplete: bool = False,
         check: Literal["auto", "full", "off"] = "auto",
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
+        if num_workers < 0:
+            raise ConfigError(f"num_workers={num_workers} must be >= 0")
         if check not in ("auto", "full", "off"):
             raise ValueError(f"check must be 'auto', 'full' or 'off', got {check!r}")
         if normalization not in NORMALIZATIONS:
@@ -216,6 +224,8 @@ class Taskonomy(DataSource):
         self.drop_incomplete = drop_incomplete
         self.check = check
         self.normalization: Normalization = normalization
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
 
     def setup(self, tasks: Sequence[str]) -> FederatedData:
         """Index the buildings (one directory listing per building and domain), check files, build the datasets.
@@ -255,7 +265,9 @@ class Taskonomy(DataSource):
             )
 
         def dataset(buildings: list[BuildingViews]) -> TaskonomyImages:
-            return TaskonomyImages(buildings, names, self.resolution, mask_from, self.normalization)
+            data = TaskonomyImages(buildings, names, self.resolution, mask_from, self.normalization)
+            data.loader_options = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+            return data
 
         return FederatedData(
             clients=[dataset([b]) for b in splits["train"]],
