@@ -21,7 +21,7 @@ from PIL import Image
 from mas_lightning.cli import main
 from mas_lightning.commands import fit as fit_module
 from mas_lightning.data import MiniTaskonomy, Taskonomy, TaskonomyShards
-from mas_lightning.data.base import make_loader
+from mas_lightning.data.base import device_transform, make_loader
 from mas_lightning.data.taskonomy_export import export_minitaskonomy
 from mas_lightning.errors import ConfigError
 from mas_lightning.federated.config import FederatedConfig
@@ -143,15 +143,60 @@ def test_the_shard_path_trains_the_same_numbers_as_the_png_path(exported, tmp_pa
     common = dict(tasks="all", model=functools.partial(MultiTaskModel, decoder_width=8), rounds=2,
                   accelerator="cpu", out=tmp_path / "runs", seed=3,
                   engine=FederatedConfig(clients_per_round=2, batch_size=2, local_steps=2, eval_batch_size=4))
+    assert source.decode_on == "device"  # the default: compact rows to the device, decoded and flipped there
     png = fit_module.fit(data=Taskonomy(**exported.data_block()), name="png", **common)
     shards = fit_module.fit(data=source, name="shards", **common)
+    host = fit_module.fit(data=shards_source(exported, tmp_path / "shards", decode_on="host"), name="host", **common)
     assert math.isfinite(png["total_test_loss"])
+    # Decoding on the device or on the host: the same batches, flips and numbers, exactly.
+    assert host["total_test_loss"] == shards["total_test_loss"] and host["test"] == shards["test"]
+    assert host["val_loss"] == shards["val_loss"]
     assert shards["total_test_loss"] == pytest.approx(png["total_test_loss"], rel=1e-6, abs=1e-7)
     assert set(png["test"]) == set(shards["test"]) and len(png["test"]) == 9
     for task, metrics in png["test"].items():
         for name, value in metrics.items():
             if value is not None:
                 assert shards["test"][task][name] == pytest.approx(value, rel=1e-6, abs=1e-7), (task, name)
+
+
+@pytest.mark.parametrize("normalization", ["taskonomy", "mas_reference"])
+def test_the_compact_rows_decode_to_the_host_decoded_batch_exactly(exported, tmp_path: Path,  # noqa: ANN001
+                                                                    normalization: str) -> None:
+    source = shards_source(exported, tmp_path / "shards", normalization=normalization)
+    source.prepare("all", progress=False)
+    device = source.setup("all")
+    host = shards_source(exported, tmp_path / "shards", normalization=normalization, decode_on="host").setup("all")
+    assert host.val.device_transform is None and device_transform(host.val) is None
+
+    def batches(dataset, on_device: bool) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+        return list(make_loader(dataset, 4, shuffle=True, generator=torch.Generator().manual_seed(2),
+                                on_device=on_device))
+
+    for got_data, want_data in ((device.clients[0], host.clients[0]), (device.val, host.val)):
+        transform = device_transform(got_data)
+        assert transform is not None
+        compact, decoded, host_rows = batches(got_data, True), batches(want_data, True), batches(got_data, False)
+        assert len(compact) == len(decoded) == len(host_rows) >= 1
+        for rows, want, plain in zip(compact, decoded, host_rows, strict=True):
+            assert {v.dtype for v in rows.values()} <= {torch.uint8, torch.uint16}  # what travels is compact
+            assert rows["rgb"].dtype == torch.uint8 and rows["depth_zbuffer"].dtype == torch.uint16
+            got = transform(rows)
+            assert got.keys() == want.keys() == plain.keys() and "autoencoder" in got and "mask" in got
+            for key, value in want.items():
+                assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+                assert torch.equal(plain[key], value), key
+    # The decoded batch is the PNG reader's samples (bit for bit at the files' resolution), in the loader's order.
+    pngs = Taskonomy(**exported.data_block(), normalization=normalization).setup("all").clients[0]
+    order = torch.randperm(len(pngs), generator=_after_base_seed(2)).tolist()[:4]
+    first = device_transform(device.clients[0])(batches(device.clients[0], True)[0])  # type: ignore[misc]
+    for j, i in enumerate(order):
+        assert all(torch.equal(first[k][j], v) for k, v in pngs[i].items()), i
+
+
+def _after_base_seed(seed: int) -> torch.Generator:
+    gen = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)  # the loader's base seed, drawn first
+    return gen
 
 
 def test_a_damaged_shard_fails_its_checksum_in_one_line_and_prepare_rewrites_it(

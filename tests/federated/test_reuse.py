@@ -78,3 +78,33 @@ def test_training_flops_are_counted_once_per_architecture(monkeypatch) -> None:
     assert len({abc, ab, wide, bigger}) == 4 and ab < abc < wide and bigger == 4 * abc
     # Independent of the cache: a plain count of the first architecture gives the cached number.
     assert count(ToyMultiTaskModel("abc", seed=3), batch) == abc
+
+
+def test_client_batches_are_moved_then_finished_then_flipped_with_the_old_draws() -> None:
+    """Without a device transform the batches (and every draw) are the plain loader's with one flip draw per
+    batch; with one, the transfer form is finished on the device before the same flips."""
+    from lightning.fabric import Fabric
+
+    config = FederatedConfig(batch_size=4, local_steps=5, flip=True)
+    trainer = LocalTrainer(Fabric(accelerator="cpu", devices=1), config, None, None, None)  # type: ignore[arg-type]
+    images = torch.rand(10, 3, 2, 4, generator=_gen(9))
+    plain = TensorTaskDataset({"rgb": images, "normal": images.flip(1)}, dict)
+    finished = TensorTaskDataset({"rgb": images, "normal": images.flip(1)}, dict)
+    finished.transfer_batch = lambda i: {"rgb": images[i] * 2}  # type: ignore[attr-defined]
+    finished.device_transform = lambda b: {"rgb": b["rgb"] / 2, "normal": b["rgb"].flip(1) / 2}  # type: ignore[attr-defined]
+    gen, expected = _gen(3), []
+    loader = make_loader(plain, 4, shuffle=True, generator=gen, drop_last=True)
+    while len(expected) < 5:
+        for batch in loader:
+            which = (torch.rand(4, generator=gen) < 0.5).view(-1, 1, 1, 1)
+            normal = batch["normal"].flip(-1)
+            normal[:, 0] = 1.0 - normal[:, 0]
+            expected.append({"rgb": torch.where(which, batch["rgb"].flip(-1), batch["rgb"]),
+                             "normal": torch.where(which, normal, batch["normal"])})
+            if len(expected) == 5:
+                break
+    for dataset in (plain, finished):
+        got = list(trainer._batches(dataset, _gen(3)))
+        assert len(got) == 5
+        for a, b in zip(got, expected, strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)

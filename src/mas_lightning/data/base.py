@@ -120,16 +120,33 @@ def _keep_batched(batch: Sample) -> Sample:
 
 
 class _Batches(Dataset):
-    """``dataset.batch`` behind ``__getitem__``: fed a list of indices by a ``BatchSampler``, it returns a batch."""
+    """``dataset.batch`` behind ``__getitem__``: fed a list of indices by a ``BatchSampler``, it returns a batch
+    (``dataset.transfer_batch`` instead with ``transfer``)."""
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, transfer: bool = False) -> None:
         self.dataset = dataset
+        self.transfer = transfer
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, indices: list[int]) -> Sample:
-        return self.dataset.batch(indices)
+        return self.dataset.transfer_batch(indices) if self.transfer else self.dataset.batch(indices)
+
+
+def device_transform(dataset: Any) -> Callable[[Sample], Sample] | None:
+    """The dataset's ``device_transform`` when it declares one (and a ``batch`` method), else None.
+
+    A dataset with a ``batch(indices)`` method may declare ``device_transform`` (a callable, or None) together
+    with ``transfer_batch(indices)``: the form of a batch that travels to the device (e.g. compact integer rows)
+    and the transform that finishes it there (e.g. decoding), with ``device_transform(transfer_batch(i))``
+    equal to ``batch(i)`` on any device. Loaders made with ``make_loader(..., on_device=True)`` yield the
+    transfer form; whoever moves a batch to the device applies this transform right after the move, before
+    any flip.
+    """
+    if not hasattr(dataset, "batch"):
+        return None
+    return getattr(dataset, "device_transform", None)
 
 
 def make_loader(
@@ -140,6 +157,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     num_workers: int = 0,
+    on_device: bool = False,
 ) -> DataLoader:
     """A loader that yields batched sample dicts for any dataset of this package.
 
@@ -150,6 +168,10 @@ def make_loader(
 
     A dataset may carry ``loader_options`` (``num_workers``, ``pin_memory``), set by its data source (e.g.
     :class:`~mas_lightning.data.taskonomy_shards.TaskonomyShards`): they override ``num_workers`` here.
+
+    With ``on_device``, a dataset that declares a :func:`device_transform` is read in its transfer form
+    (``transfer_batch``), which the caller finishes with that transform after moving the batch to the device;
+    other datasets give their usual batches. The index order is the same either way.
     """
     options = getattr(dataset, "loader_options", None) or {}
     num_workers = options.get("num_workers", num_workers)
@@ -158,7 +180,8 @@ def make_loader(
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
                           num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(_Batches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
+    transfer = on_device and device_transform(dataset) is not None
+    return DataLoader(_Batches(dataset, transfer), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
                       generator=generator, num_workers=num_workers, collate_fn=_keep_batched,
                       persistent_workers=num_workers > 0, pin_memory=pin_memory)
 

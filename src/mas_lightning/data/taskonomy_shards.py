@@ -38,13 +38,14 @@ the ``.bin`` before its header and ``prepared.json`` last, so a killed preparati
 reader trusts; running it again verifies the shards already written (size and CRC) and writes only the
 missing or damaged ones.
 
-**Where decoding and flips happen.** :meth:`ShardImages.batch` gathers rows (one copy from the page cache)
-and decodes them on the host, which is what the engine's loaders call today; the engine flips on the host too
-(:func:`~mas_lightning.data.base.hflip` before ``fabric.to_device``). :meth:`ShardImages.stored_batch` returns
-the compact rows and :func:`decode_stored` is plain tensor arithmetic that runs on any device: an engine that
-moves ``stored_batch`` to the GPU and decodes and flips there transfers 3.8x fewer bytes (uint8/uint16 instead
-of float32) and takes the decoding off the host; wiring that into ``federated/client.py`` and
-``federated/evaluation.py`` is left to the engine (``experiments/bench_taskonomy_shards.py`` measures both).
+**Where decoding and flips happen.** With ``decode_on: device`` (the default) the engine's loaders yield the
+compact rows (:meth:`ShardImages.transfer_batch`, uint8/uint16: 3.8x fewer bytes than float32), which
+``federated/client.py`` and ``federated/evaluation.py`` move to the device and decode there with
+:func:`decode_stored` (plain tensor arithmetic that runs on any device), then flip there
+(:func:`~mas_lightning.data.base.hflip`); the flip draws are the host generator's, as before, so the data order
+and the flips are the same wherever decoding runs. ``decode_on: host`` decodes in the loader
+(:meth:`ShardImages.batch`) instead. ``central`` always decodes on the host. ``experiments/bench_taskonomy_shards.py``
+measures both.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -301,6 +302,14 @@ class ShardImages(Dataset):
             out[key] = torch.from_numpy(rows)
         return out
 
+    device_transform: Any = None
+    """:attr:`decode` when the source decodes on the device (``decode_on: device``): the engine's loaders then
+    yield :meth:`transfer_batch` and decode after the move (see :func:`~mas_lightning.data.base.device_transform`)."""
+
+    def transfer_batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        """What travels to the device when decoding there: the stored rows (:meth:`stored_batch`)."""
+        return self.stored_batch(indices)
+
     def batch(self, indices: Sequence[int]) -> Sample:
         """The samples at ``indices`` as one batched dict (decoded on the host)."""
         return self.decode(self.stored_batch(indices))
@@ -361,21 +370,22 @@ class TaskonomyShards(Taskonomy):
         root: the Taskonomy download (read by ``prepare-data`` only).
         shards: folder of the prepared shards (created by ``prepare-data``; about 1.2 MB per view at 256 px
             with all nine tasks).
-        num_workers: loader worker processes per data loader (0: gather and decode in the training process;
-            a memory-mapped gather rarely needs more).
-        pin_memory: page-locked batches, for asynchronous copies to a GPU.
-        **kwargs: the options of :class:`~mas_lightning.data.taskonomy.Taskonomy`; ``check`` verifies the
-            shards' CRC-32 at setup ("full"; "auto" up to 4 GiB of shards; "off": sizes only).
+        decode_on: where the engine decodes the stored rows into targets: "device" (default; the loaders yield
+            the compact uint8/uint16 rows, which the engine moves to the device and decodes there, before the
+            flips) or "host" (decoded in the loader, as the PNG reader's samples). Both give the same numbers.
+        **kwargs: the options of :class:`~mas_lightning.data.taskonomy.Taskonomy` (``num_workers``: loader
+            worker processes, 0 gathers in the training process, and a memory-mapped gather rarely needs more;
+            ``pin_memory``); ``check`` verifies the shards' CRC-32 at setup ("full"; "auto" up to 4 GiB of
+            shards; "off": sizes only).
     """
 
-    def __init__(self, root: str | Path, shards: str | Path, num_workers: int = 0, pin_memory: bool = False,
+    def __init__(self, root: str | Path, shards: str | Path, decode_on: Literal["host", "device"] = "device",
                  **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
-        if num_workers < 0:
-            raise ConfigError(f"num_workers={num_workers} must be >= 0")
+        if decode_on not in ("host", "device"):
+            raise ConfigError(f"decode_on: {decode_on!r} is not accepted; use 'host' or 'device'")
         self.shards = Path(shards)
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.decode_on = decode_on
 
     # ----------------------------------------------------------------------------------------- prepare
 
@@ -572,6 +582,8 @@ class TaskonomyShards(Taskonomy):
         def dataset(buildings: list[str]) -> ShardImages:
             data = ShardImages([shards[b] for b in buildings], names, masks, self.normalization, limit)
             data.loader_options = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+            if self.decode_on == "device":
+                data.device_transform = data.decode
             return data
 
         return FederatedData(

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from mas_lightning.data.base import hflip, make_loader
+from mas_lightning.data.base import device_transform, hflip, make_loader
 from mas_lightning.federated import accounting
 from mas_lightning.federated.aggregation import Aggregator
 from mas_lightning.federated.callbacks import BatchContext, ClientContext, RoundContext
@@ -98,7 +98,6 @@ class LocalTrainer:
         samples = 0
         loss_sums = torch.zeros(len(group), dtype=torch.float64, device=fabric.device)  # stays on the device
         for step, batch in enumerate(self._batches(dataset, generator)):
-            batch = fabric.to_device(batch)
             if key not in flops:  # FLOPs depend on the architecture and input size only: counted once
                 flops[key] = accounting.train_flops_per_sample(model, {k: v[:2] for k, v in batch.items()})
             batch_ctx = BatchContext(**vars(client_ctx), batch=batch, step=step, optimizer=optimizer)
@@ -137,7 +136,7 @@ class LocalTrainer:
             return loader
         size = len(dataset)
         loader = make_loader(dataset, self.config.batch_size, shuffle=True, generator=gen,
-                             drop_last=size >= self.config.batch_size)
+                             drop_last=size >= self.config.batch_size, on_device=True)
         sampler = loader.sampler
         sampler = sampler.sampler if isinstance(sampler, BatchSampler) else sampler
         if loader.num_workers == 0 and isinstance(sampler, RandomSampler) and sampler.generator is gen:
@@ -145,14 +144,25 @@ class LocalTrainer:
         return loader
 
     def _batches(self, dataset: Any, gen: torch.Generator) -> Iterator[dict[str, Tensor]]:
-        """A client's local batches: shuffled epochs (or a fixed number of steps), optionally flipped."""
+        """A client's local batches on the device: shuffled epochs (or a fixed number of steps), each moved to
+        the device, finished there by the dataset's :func:`~mas_lightning.data.base.device_transform` (if it
+        declares one) and then optionally flipped there.
+
+        The flip draws come from ``gen`` right after each batch is read, as they always have (one ``rand`` per
+        batch), so the data order and the flips do not depend on where decoding or flipping runs.
+        """
         cfg = self.config
         loader = self._loader(dataset, gen)
+        transform = device_transform(dataset)
         steps = 0
         for _ in range(cfg.local_epochs if cfg.local_steps is None else 10**9):
             for batch in loader:
-                if cfg.flip:
-                    batch = hflip(batch, torch.rand(len(batch["rgb"]), generator=gen) < 0.5)
+                which = torch.rand(len(next(iter(batch.values()))), generator=gen) < 0.5 if cfg.flip else None
+                batch = self.fabric.to_device(batch)
+                if transform is not None:
+                    batch = transform(batch)
+                if which is not None:
+                    batch = hflip(batch, which.to(batch["rgb"].device))
                 yield batch
                 steps += 1
                 if cfg.local_steps is not None and steps >= cfg.local_steps:

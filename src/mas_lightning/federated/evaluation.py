@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchmetrics import Metric
 
-from mas_lightning.data.base import make_loader
+from mas_lightning.data.base import device_transform, make_loader
 
 
 def _never() -> bool:
@@ -45,8 +45,11 @@ def evaluate(
         for module in metrics.modules():  # type: ignore[attr-defined]
             if isinstance(module, Metric):
                 module.distributed_available_fn = _never
-    for batch in make_loader(dataset, batch_size):
+    transform = device_transform(dataset)
+    for batch in make_loader(dataset, batch_size, on_device=True):
         batch = fabric.to_device(batch)
+        if transform is not None:  # e.g. decoding compact rows, on the device
+            batch = transform(batch)
         with fabric.autocast():
             preds = model(batch["rgb"])
         preds = {k: v.float() for k, v in preds.items()}

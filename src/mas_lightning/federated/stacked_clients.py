@@ -230,9 +230,9 @@ class StackedTrainer:
         while active:
             batches: dict[int, dict[str, Tensor]] = {}
             for i in active:
-                batch = next(loaders[i], None)
+                batch = next(loaders[i], None)  # already on the device (and decoded, flipped there)
                 if batch is not None:
-                    batches[i] = fabric.to_device(batch)
+                    batches[i] = batch
             active = [i for i in active if i in batches]
             if active and key not in flops:  # as one by one: counted once, on a first batch, at the global weights
                 flops[key] = accounting.train_flops_per_sample(model, {k: v[:2] for k, v in batches[active[0]].items()})
