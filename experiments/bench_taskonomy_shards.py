@@ -4,11 +4,12 @@ Renders mini-Taskonomy at 256 px, exports it in the Taskonomy layout as 512 px P
 ``--file-size``), prepares shards at 256 px with all nine tasks, then measures samples per second of:
 
 - ``png``: the PNG reader (``Taskonomy``), batches from ``make_loader`` in the training process (what ``fit``
-  does today: 1 + 9 PNG decodes and resizes per sample);
+  does with ``num_workers: 0``: 1 + 9 PNG decodes and resizes per sample);
 - ``png-workers``: the same with ``--workers`` DataLoader worker processes;
 - ``shards``: ``TaskonomyShards`` batches from ``make_loader``, gathered from the memory maps and decoded to
-  float32 on the host (what ``fit`` does with the shards today);
-- ``shards-stored``: the compact rows only (uint8/uint16, decoding left to the device).
+  float32 on the host (what ``fit`` does with ``decode_on: host``);
+- ``shards-stored``: the compact rows only (uint8/uint16; what ``fit`` loads by default, decoding them on the
+  device).
 
 Each timing is one shuffled pass over ``--samples`` samples; the methods run interleaved ``--repeats`` times
 so that load from other jobs hits them alike, and the medians (and their ratios) are printed with the load
