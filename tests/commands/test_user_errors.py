@@ -151,8 +151,11 @@ def test_ctrl_c_subprocess_prints_resume_command_that_resumes(tmp_path: Path) ->
     args = ["fit", *SYNTHETIC, "--tasks=dn", "--rounds=4", "--engine.clients_per_round=2", "--engine.batch_size=4",
             "--engine.local_steps=20", "--model.init_args.decoder_width=8", f"--out={tmp_path}", "--name=c"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A shell without job control (nohup, `cmd &` in a script, some CI runners) starts its background children with
+    # SIGINT ignored, and Python then installs no Ctrl-C handler: give the child the terminal's default.
     proc = subprocess.Popen([sys.executable, "-m", "mas_lightning", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = tmp_path / "c" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 400
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
