@@ -31,8 +31,9 @@ def _warmed_model(dtype: torch.dtype = torch.float64, **kwargs) -> ToyMultiTaskM
     return model
 
 
-def _reference(model: ToyMultiTaskModel, batch: dict, lr: float, wd: float) -> torch.Tensor:
-    """Affinity the slow, obvious way: copy the model, step its encoder with torch.optim.SGD, re-evaluate."""
+def _reference(model: ToyMultiTaskModel, batch: dict, lr: float, wd: float, steps: int = 1) -> torch.Tensor:
+    """Affinity the slow, obvious way: copy the model, step its encoder ``steps`` times with torch.optim.SGD on
+    task i (a new forward on the batch each time), re-evaluate; per-step units."""
     before = copy.deepcopy(model)
     with torch.no_grad():
         loss_before = before.task_losses(before(batch["rgb"]), batch)
@@ -40,14 +41,16 @@ def _reference(model: ToyMultiTaskModel, batch: dict, lr: float, wd: float) -> t
     for i, source in enumerate(model.tasks):
         stepped = copy.deepcopy(model)
         sgd = torch.optim.SGD(stepped.encoder.parameters(), lr=lr, weight_decay=wd)
-        stepped.task_losses(stepped(batch["rgb"]), batch)[source].backward()
-        sgd.step()
+        for _ in range(steps):
+            sgd.zero_grad()
+            stepped.task_losses(stepped(batch["rgb"]), batch)[source].backward()
+            sgd.step()
         if not model.training:  # eval mode: stepping must not have touched the running statistics
             assert all(torch.equal(a, b) for a, b in zip(stepped.buffers(), model.buffers()))
         with torch.no_grad():
             loss_after = stepped.task_losses(stepped(batch["rgb"]), batch)
         for j, target in enumerate(model.tasks):
-            z[i, j] = (1 - loss_after[target] / loss_before[target]) / lr
+            z[i, j] = (1 - loss_after[target] / loss_before[target]) / (lr * steps)
     return z
 
 
@@ -132,32 +135,12 @@ def test_dropout_masks_are_shared_by_all_forwards() -> None:
     torch.testing.assert_close(z, first_order, rtol=1e-3, atol=1e-5)
 
 
-def _multi_step_reference(model: ToyMultiTaskModel, batch: dict, lr: float, wd: float, steps: int) -> torch.Tensor:
-    """``steps`` torch.optim.SGD steps of a copy's encoder on task i, each a new forward on the batch."""
-    before = copy.deepcopy(model)
-    with torch.no_grad():
-        loss_before = before.task_losses(before(batch["rgb"]), batch)
-    z = torch.zeros(len(model.tasks), len(model.tasks), dtype=torch.float64)
-    for i, source in enumerate(model.tasks):
-        stepped = copy.deepcopy(model)
-        sgd = torch.optim.SGD(stepped.encoder.parameters(), lr=lr, weight_decay=wd)
-        for _ in range(steps):
-            sgd.zero_grad()
-            stepped.task_losses(stepped(batch["rgb"]), batch)[source].backward()
-            sgd.step()
-        with torch.no_grad():
-            loss_after = stepped.task_losses(stepped(batch["rgb"]), batch)
-        for j, target in enumerate(model.tasks):
-            z[i, j] = (1 - loss_after[target] / loss_before[target]) / (lr * steps)
-    return z
-
-
 @pytest.mark.parametrize("train", [True, False])
 def test_multi_step_matches_repeated_sgd_steps(train: bool) -> None:
     model = _warmed_model(tasks=("a", "b", "c", "d")).train(train)
     batch = toy_batch(model.tasks, dtype=torch.float64)
     z = lookahead_affinity(model, batch, lr=0.3, weight_decay=0.05, method="multi_step", steps=4)
-    expected = _multi_step_reference(model, batch, lr=0.3, wd=0.05, steps=4)
+    expected = _reference(model, batch, lr=0.3, wd=0.05, steps=4)
     torch.testing.assert_close(z, expected, rtol=1e-9, atol=1e-9)
     # Four steps are not one step rescaled: the longer look ahead measures something else.
     one = lookahead_affinity(model, batch, lr=0.3, weight_decay=0.05)
