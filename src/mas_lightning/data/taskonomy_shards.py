@@ -20,7 +20,8 @@ mask_depth_zbuffer, mask_mask_valid uint8   1 x R x R validity from that domain,
 =================================== ======= ==========================================================
 
 At 256 px with all nine tasks a view takes 1.19 MiB (1.25 with the omnidata mask). Targets are decoded from
-the stored units by :func:`decode_stored` with the reader's own formulas (both ``normalization`` options), so a
+the stored units by :mod:`~mas_lightning.data.taskonomy_stored` with the reader's own formulas (both
+``normalization`` options), so a
 sample equals the reader's exactly when the files are already at the training resolution, and otherwise up to
 rounding to the stored integer (half a unit: 0.5/255 for colours, 0.5/512 m for depth).
 
@@ -41,7 +42,7 @@ missing or damaged ones.
 **Where decoding and flips happen.** With ``decode_on: device`` (the default) the engine's loaders yield the
 compact rows (:meth:`ShardImages.transfer_batch`, uint8/uint16: 3.8x fewer bytes than float32), which
 ``federated/client.py`` and ``federated/evaluation.py`` move to the device and decode there with
-:func:`decode_stored` (plain tensor arithmetic that runs on any device), then flip there
+``taskonomy_stored.decode_stored`` (plain tensor arithmetic that runs on any device), then flip there
 (:func:`~mas_lightning.data.base.hflip`); the flip draws are the host generator's, as before, so the data order
 and the flips are the same wherever decoding runs. ``decode_on: host`` decodes in the loader
 (:meth:`ShardImages.batch`) instead. ``central`` always decodes on the host. ``experiments/bench_taskonomy_shards.py``
@@ -52,7 +53,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import json
 import logging
 import os
 import time
@@ -71,180 +71,27 @@ from torch.utils.data import Dataset
 
 from mas_lightning.data.base import FederatedData, Sample
 from mas_lightning.data.taskonomy import Taskonomy
-from mas_lightning.data.taskonomy_decode import (
-    CURVATURE_ZERO,
-    LOG_DEPTH_NORMALISER,
-    MAS_NORMAL_SHIFT,
-    MAS_STANDARDISE,
-    SATURATION,
-    Normalization,
-    _resize,
-    class_id_problem,
-    read_png,
-    resize_mask,
-    valid_pixels,
-)
+from mas_lightning.data.taskonomy_decode import Normalization, read_png, resize_mask, valid_pixels
 from mas_lightning.data.taskonomy_index import BuildingViews, Layout, domain_of
+from mas_lightning.data.taskonomy_shard_files import (
+    FORMAT_VERSION,
+    PREPARE_COMMAND,
+    Shard,
+    layout,
+    read_json,
+    write_json,
+)
+from mas_lightning.data.taskonomy_stored import MASK_PREFIX, STORED, decode_stored, stored_units
 from mas_lightning.errors import ConfigError
 from mas_lightning.storage import crc32_file
 from mas_lightning.tasks import parse_tasks
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 PREPARED = "prepared.json"
-ALIGN = 4096
 AUTO_VERIFY_BYTES = 4 << 30
 """``check="auto"`` verifies the CRC-32 of every selected shard at setup up to this many bytes in all (about
 2-4 s on the reference machine); larger selections check sizes only (run ``prepare-data`` again to verify)."""
-STORED: dict[str, tuple[Any, int | None]] = {
-    "rgb": (np.uint8, 3), "normal": (np.uint8, 3), "reshading": (np.uint8, 1), "principal_curvature": (np.uint8, 2),
-    "depth_zbuffer": (np.uint16, 1), "keypoints2d": (np.uint16, 1), "edge_texture": (np.uint16, 1),
-    "edge_occlusion": (np.uint16, 1), "segment_semantic": (np.uint8, None),
-}  # fmt: skip
-"""Domain -> (stored dtype, channels; None for an R x R id map)."""
-MASK_PREFIX = "mask_"
-PREPARE_COMMAND = "python -m mas_lightning prepare-data -c <config>"
-
-
-def _float_chw(array: np.ndarray, channels: int) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array[..., :channels].transpose(2, 0, 1)).astype(np.float32))
-
-
-def stored_units(domain: str, array: np.ndarray, resolution: int, path: Path) -> np.ndarray:
-    """One PNG's array (from :func:`read_png`) -> its stored row: resized as the reader resizes, in the stored
-    units, rounded to the stored dtype."""
-    dtype, channels = STORED[domain]
-    if domain == "segment_semantic":
-        problem = class_id_problem(array[..., 0])
-        if problem:
-            raise ValueError(f"{path} {problem}")
-        return _resize(_float_chw(array, 1), resolution, nearest=True)[0].round().numpy().astype(np.uint8)
-    x = _float_chw(array, 3).mean(dim=0, keepdim=True) if domain == "reshading" else _float_chw(array, channels or 1)
-    top = float(np.iinfo(dtype).max)
-    return _resize(x, resolution).round_().clamp_(0.0, top).numpy().astype(dtype)
-
-
-def decode_stored(stored: dict[str, Tensor], normalization: Normalization = "taskonomy") -> Sample:
-    """A batch of stored rows (on any device) -> the sample convention of :mod:`mas_lightning.data.base`, with
-    the reader's formulas (:func:`~mas_lightning.data.taskonomy_decode.decode` at its own resolution).
-
-    ``mask_<domain>`` keys are ANDed into ``mask``; ``autoencoder`` is a copy of ``rgb`` when asked for by an
-    ``autoencoder`` key in ``stored`` (its value is ignored).
-    """
-    out: Sample = {}
-    masks = [v for k, v in stored.items() if k.startswith(MASK_PREFIX)]
-    rgb = stored["rgb"]
-    if masks:
-        mask = masks[0].view(torch.bool)  # stored as 0 / 1 bytes: a view, no copy
-        for more in masks[1:]:
-            mask = mask & more.view(torch.bool)
-    else:
-        mask = torch.ones((rgb.shape[0], 1, *rgb.shape[2:]), dtype=torch.bool, device=rgb.device)
-    mas = normalization == "mas_reference"
-    # The reader's operations in its order (bit-identical results), in place where it allocates a new tensor;
-    # its clamps are left out where the stored integers cannot leave the range (u8 / 255 is in [0, 1]).
-    for key, value in stored.items():
-        if key.startswith(MASK_PREFIX) or key == "autoencoder":
-            continue
-        if key == "segment_semantic":
-            out[key] = value.long()
-        elif key == "rgb" or (key in ("normal", "reshading") and not mas):
-            out[key] = torch.div(value, 255.0)  # uint8 -> float32 and divide, in one pass
-        elif key == "normal":
-            out[key] = torch.div(value, 255.0).mul_(2.0).sub_(1.0).add_(MAS_NORMAL_SHIFT)
-        elif mas and key in MAS_STANDARDISE:
-            x = torch.div(value, 255.0) if key in ("reshading", "principal_curvature") else value.float()
-            mean, std = (torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in MAS_STANDARDISE[key])
-            out[key] = x.sub_(mean).div_(std)
-        elif key == "principal_curvature":
-            out[key] = value.float().sub_(CURVATURE_ZERO).div_(CURVATURE_ZERO)
-        elif key == "depth_zbuffer":  # raw <= 65535 = DEPTH_INVALID: the reader's clamp changes nothing
-            out[key] = value.float().log1p_().div_(LOG_DEPTH_NORMALISER)
-        elif key in SATURATION:
-            out[key] = value.float().div_(65535.0 * SATURATION[key]).clamp_(0.0, 1.0)
-        else:
-            raise KeyError(f"no decoding known for stored key {key!r}")
-    out["mask"] = mask
-    if "autoencoder" in stored:
-        out["autoencoder"] = out["rgb"].clone()
-    return {"rgb": out.pop("rgb"), "mask": out.pop("mask"), **out}
-
-
-# ---------------------------------------------------------------------------------------------- one shard
-
-
-@dataclass
-class Shard:
-    """One building's shard file and its header; the memory maps open lazily (and again in each worker)."""
-
-    path: Path
-    header: dict
-
-    def __post_init__(self) -> None:
-        self._maps: dict[str, np.ndarray] | None = None
-
-    @property
-    def views(self) -> int:
-        return len(self.header["views"])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        if self._maps is None:
-            self._maps = {
-                key: np.memmap(self.path, dtype=np.dtype(spec["dtype"]), mode="r", offset=spec["offset"],
-                               shape=tuple(spec["shape"]))
-                for key, spec in self.header["keys"].items()
-            }  # fmt: skip
-        return self._maps
-
-    def __getstate__(self) -> dict:  # a worker process maps the file itself instead of receiving a copy
-        return {"path": self.path, "header": self.header}
-
-    def __setstate__(self, state: dict) -> None:
-        self.path, self.header, self._maps = state["path"], state["header"], None
-
-    def verify(self, check_sum: bool) -> None:
-        """Raise ConfigError when the file's size (and with ``check_sum`` its CRC-32) differs from the header."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            raise ConfigError(f"prepared shard {self.path} is missing; run `{PREPARE_COMMAND}` again") from None
-        if size != self.header["bytes"]:
-            raise ConfigError(
-                f"prepared shard {self.path} is {size} bytes, its header records {self.header['bytes']} (truncated "
-                f"or replaced); run `{PREPARE_COMMAND}` again to rewrite it"
-            )
-        if check_sum:
-            crc = f"{crc32_file(self.path):08x}"
-            if crc != self.header["crc32"]:
-                raise ConfigError(
-                    f"prepared shard {self.path} fails its checksum (CRC-32 {crc}, written as "
-                    f"{self.header['crc32']}): its bytes changed on disk; run `{PREPARE_COMMAND}` again to rewrite it"
-                )
-
-
-def _layout(keys: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> tuple[dict[str, dict], int]:
-    specs, offset = {}, 0
-    for key, (dtype, shape) in keys.items():
-        specs[key] = {"dtype": np.dtype(dtype).str, "shape": list(shape), "offset": offset}
-        offset += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
-    return specs, offset
-
-
-def _write_json(path: Path, content: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        temporary.write_text(json.dumps(content, indent=1))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -257,7 +104,7 @@ class ShardImages(Dataset):
         shards: the buildings' shards, in order.
         tasks: task names whose targets the samples carry.
         masks: mask domains ANDed into ``mask`` (empty: all valid).
-        normalization: how stored units become targets (:func:`decode_stored`).
+        normalization: how stored units become targets (:func:`~mas_lightning.data.taskonomy_stored.decode_stored`).
         views: keep the first N views of each building (None: all).
     """
 
@@ -412,7 +259,7 @@ class TaskonomyShards(Taskonomy):
         found = [d for d in ("depth_zbuffer", "mask_valid") if layout.domain_dir(d).is_dir()]
         targets = [d for d in domains if d in STORED]
         params = self._manifest_params(targets, mask_from, found)
-        existing = _read_json(self.shards / PREPARED)
+        existing = read_json(self.shards / PREPARED)
         if existing is not None:
             differ = {k: (existing.get(k), v) for k, v in params.items() if existing.get(k) != v}
             if differ:
@@ -441,7 +288,7 @@ class TaskonomyShards(Taskonomy):
             buildings[building.name] = len(building.prefixes)
             total_views += shard.views
             total_bytes += shard.header["bytes"]
-        _write_json(self.shards / PREPARED, {**params, "root": str(self.root), "buildings": buildings})
+        write_json(self.shards / PREPARED, {**params, "root": str(self.root), "buildings": buildings})
         return PrepareReport(written, kept, total_views, total_bytes, time.perf_counter() - started)
 
     def _write_building(self, building: BuildingViews, domains: Sequence[str], masks: Sequence[str],
@@ -453,7 +300,7 @@ class TaskonomyShards(Taskonomy):
             keys[domain] = (dtype, (n, res, res) if channels is None else (n, channels, res, res))
         for mask in masks:
             keys[MASK_PREFIX + mask] = (np.dtype(np.uint8), (n, 1, res, res))
-        specs, size = _layout(keys)
+        specs, size = layout(keys)
         final = self.shards / f"{building.name}.bin"
         temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         read = sorted({*domains, *masks})
@@ -492,7 +339,7 @@ class TaskonomyShards(Taskonomy):
             os.replace(temporary, final)
         finally:
             temporary.unlink(missing_ok=True)
-        _write_json(final.with_suffix(".json"), header)
+        write_json(final.with_suffix(".json"), header)
         if progress:
             print(f"{building.name}: {n} views -> {final} ({size / 2**20:.1f} MiB)", flush=True)
 
@@ -518,7 +365,7 @@ class TaskonomyShards(Taskonomy):
     # ------------------------------------------------------------------------------------------- setup
 
     def _shard(self, building: str) -> Shard | None:
-        header = _read_json(self.shards / f"{building}.json")
+        header = read_json(self.shards / f"{building}.json")
         if header is None or header.get("format") != FORMAT_VERSION:
             return None
         return Shard(self.shards / f"{building}.bin", header)
@@ -531,7 +378,7 @@ class TaskonomyShards(Taskonomy):
                 or a shard's size or checksum is not the one written.
         """
         names = parse_tasks(tasks)
-        prepared = _read_json(self.shards / PREPARED)
+        prepared = read_json(self.shards / PREPARED)
         if prepared is None:
             raise ConfigError(f"shards: no prepared data in {self.shards} ({PREPARED} missing); prepare it with "
                               f"`{PREPARE_COMMAND}`")
