@@ -29,7 +29,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -62,11 +62,18 @@ def synchronize(device: torch.device) -> None:
 
 
 def engine_rounds(fabric: Fabric, data: FederatedData, config: FederatedConfig, tasks: tuple[str, ...],
-                  rounds: int, decoder_width: int, seed: int) -> Iterator[Round]:
-    """Yield (wall s, CPU s, global weights, peak bytes) after each engine round; round 0 is a warm-up."""
+                  rounds: int, decoder_width: int, seed: int, *,
+                  build: Callable[[tuple[str, ...]], MultiTaskModel] | None = None,
+                  prepare: Callable[[FederatedEngine], None] | None = None) -> Iterator[Round]:
+    """Yield (wall s, CPU s, global weights, peak bytes) after each engine round; round 0 is a warm-up.
+
+    ``build`` replaces the model (default: ``decoder_width`` on the default preset); ``prepare`` adjusts the
+    engine before its first round (e.g. the stacked-clients benchmark's trainer)."""
+    build = build or (lambda g: MultiTaskModel(list(g), decoder_width=decoder_width))
     with tempfile.TemporaryDirectory() as run_dir:
-        engine = FederatedEngine(fabric, data, config, lambda g: MultiTaskModel(list(g), decoder_width=decoder_width),
-                                 sgd, FedAvg(), seed, Path(run_dir))
+        engine = FederatedEngine(fabric, data, config, build, sgd, FedAvg(), seed, Path(run_dir))  # type: ignore[arg-type]
+        if prepare is not None:
+            prepare(engine)
         state = new_state()
         stage = Stage("bench", [tasks], rounds + 2)  # never the stage's last round: no forced validation
         engine.start_stage(state, stage)

@@ -20,8 +20,7 @@ On CUDA it also runs bf16-mixed and prints the peak GPU memory of a stacked roun
 from __future__ import annotations
 
 import statistics
-import tempfile
-import time
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,25 +30,17 @@ from lightning.fabric import Fabric
 from torch import Tensor
 
 from mas_lightning.data.synthetic import SyntheticData
-from mas_lightning.federated.aggregation import FedAvg
-from mas_lightning.federated.config import FederatedConfig, Stage
+from mas_lightning.federated.config import FederatedConfig
 from mas_lightning.federated.engine import FederatedEngine
 from mas_lightning.federated.stacked_clients import StackedTrainer
-from mas_lightning.federated.state import new_state
 from mas_lightning.model import MultiTaskModel
 from mas_lightning.tasks import letters, parse_tasks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
+from bench_engine import engine_rounds  # noqa: E402
+
 Round = tuple[float, dict[str, Tensor], float]
 """Per round: wall seconds, global weights, peak GPU bytes."""
-
-
-def sgd(params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rounds_of(device: str, precision: str, tasks: tuple[str, ...], clients: int, stacked: int, rounds: int,
@@ -62,24 +53,14 @@ def rounds_of(device: str, precision: str, tasks: tuple[str, ...], clients: int,
     data = SyntheticData(clients=clients, sizes=(batch * local_steps,), resolution=resolution, seed=seed).setup(tasks)
     config = FederatedConfig(clients_per_round=clients, local_steps=local_steps, batch_size=batch,
                              eval_every=10**6, stacked_clients=max(stacked, 1))
-    with tempfile.TemporaryDirectory() as run_dir:
-        engine = FederatedEngine(fabric, data, config, lambda g: MultiTaskModel(list(g), preset=preset),  # type: ignore[arg-type]
-                                 sgd, FedAvg(), seed, Path(run_dir))
+
+    def stack(engine: FederatedEngine) -> None:
         if stacked:  # K = 1 too: the stacked path with a stack of one
             engine.stacked = StackedTrainer(engine, size=stacked)
-        state = new_state()
-        stage = Stage("bench", [tasks], rounds + 2)  # never the stage's last round: no forced validation
-        engine.start_stage(state, stage)
-        for round_ in range(rounds + 1):
-            synchronize(fabric.device)
-            if fabric.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(fabric.device)
-            wall = time.perf_counter()
-            engine.run_round(state, stage, round_)
-            synchronize(fabric.device)
-            wall = time.perf_counter() - wall
-            peak = torch.cuda.max_memory_allocated(fabric.device) if fabric.device.type == "cuda" else 0
-            yield wall, state["weights"][0], float(peak)
+
+    for wall, _, weights, peak in engine_rounds(fabric, data, config, tasks, rounds, 0, seed, prepare=stack,
+                                                build=lambda g: MultiTaskModel(list(g), preset=preset)):
+        yield wall, weights, peak
 
 
 def compare(device: str, precision: str, tasks: tuple[str, ...], k: int, rounds: int, local_steps: int, batch: int,
